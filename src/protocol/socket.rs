@@ -1,0 +1,573 @@
+//! The Socket.IO server: namespaces, the sockets of each Engine.IO session, events and
+//! acks in both directions, binary attachments, connect timeout.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::packet::{self, Args, PacketType, ParseError};
+use crate::transport::{
+    CloseReason, Connection, Eio, EngineHandler, Message, MessageError, OpenRequest, Outbound,
+    SendError, Session, Sid,
+};
+
+/// Socket.IO settings.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// Time an Engine.IO v4 client has to connect to a namespace after its handshake.
+    /// Default 45 s (as the reference server).
+    pub connect_timeout: Duration,
+    /// Largest number of binary attachments in one packet. Default 10.
+    pub max_attachments: usize,
+    /// Largest total size of one packet's attachments, in bytes. Default 1,000,000.
+    pub max_attachment_bytes: usize,
+    /// Largest number of server-to-client acks awaiting an answer per socket; emits with
+    /// an ack beyond it fail with [`AckError::TooMany`]. Default 256.
+    pub max_pending_acks: usize,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: 10,
+            max_attachment_bytes: 1_000_000,
+            max_pending_acks: 256,
+        }
+    }
+}
+
+/// Why a socket left its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client disconnected from the namespace.
+    ClientNamespaceDisconnect,
+    /// The server disconnected the socket ([`Socket::disconnect`]).
+    ServerNamespaceDisconnect,
+    /// The underlying connection ended.
+    Transport(CloseReason),
+}
+
+impl DisconnectReason {
+    /// The reason as the reference server names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::Transport(CloseReason::ServerClose) => "server shutting down",
+            DisconnectReason::Transport(r) => r.as_str(),
+        }
+    }
+}
+
+/// A refused namespace connection: sent to the client as CONNECT_ERROR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectError {
+    /// What the client's `connect_error` shows as `err.message`.
+    pub message: String,
+    /// Optional JSON details (`err.data`, v5 clients only).
+    pub data: Option<String>,
+}
+
+impl ConnectError {
+    pub fn new(message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            message: message.into(),
+            data: None,
+        }
+    }
+}
+
+/// What a client presented when connecting to a namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Handshake<'a> {
+    /// The `auth` object (v5 clients), as JSON text.
+    pub auth: Option<&'a str>,
+    /// The handshake request's query string.
+    pub query: &'a str,
+    /// The query a v4 (2.x) client attached to this namespace's CONNECT, if any.
+    pub connect_query: Option<&'a str>,
+}
+
+impl Handshake<'_> {
+    /// A query parameter, from the namespace CONNECT first, then the handshake request.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        use crate::transport::http::query_param;
+        self.connect_query
+            .and_then(|q| query_param(q, name))
+            .or_else(|| query_param(self.query, name))
+            .map(|c| c.into_owned())
+    }
+}
+
+/// An event from a client.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: String,
+    pub args: Args,
+    /// Set when the client waits for an answer: reply with [`Socket::ack`].
+    pub ack: Option<u64>,
+}
+
+/// Why a server-to-client ack callback got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("socket disconnected before acknowledging")]
+    Disconnected,
+    #[error("too many acks pending for this socket")]
+    TooMany,
+    #[error("could not send: {0}")]
+    Send(#[from] SendError),
+}
+
+/// What an application does with a namespace's sockets. All methods run on the
+/// connection's task: keep them short, and spawn for anything that waits.
+pub trait Handler: Send + Sync + 'static {
+    /// Decides whether the client may join; runs before CONNECT is answered. The default
+    /// admits everyone.
+    fn authorize(&self, _socket: &Socket, _hs: &Handshake<'_>) -> Result<(), ConnectError> {
+        Ok(())
+    }
+    /// The socket joined (its CONNECT answer is queued); emits now follow it.
+    fn on_connect(&self, _socket: &Socket, _hs: &Handshake<'_>) {}
+    /// An event arrived.
+    fn on_event(&self, _socket: &Socket, _event: Event) {}
+    /// The socket left; it is already out of its session.
+    fn on_disconnect(&self, _socket: &Socket, _reason: DisconnectReason) {}
+}
+
+type AckFn = Box<dyn FnOnce(Result<Args, AckError>) + Send>;
+
+/// Acks this server awaits from the client.
+#[derive(Default)]
+struct Acks {
+    next: u64,
+    pending: Vec<(u64, AckFn)>,
+}
+
+struct SocketInner {
+    id: Sid,
+    nsp: Arc<Namespace>,
+    session: Arc<Session>,
+    /// The connection, to leave it on [`Socket::disconnect`]; weak to avoid a cycle.
+    conn: Weak<ConnInner>,
+    /// Server-to-client acks awaiting an answer; allocated on first use.
+    acks: Mutex<Acks>,
+    /// Application data attached at connect (the user id, for example).
+    data: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+/// A client's connection to one namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Socket(Arc<SocketInner>);
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.0.id)
+            .field("nsp", &self.0.nsp.name)
+            .finish()
+    }
+}
+
+impl PartialEq for Socket {
+    fn eq(&self, other: &Socket) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Socket {}
+
+impl Socket {
+    /// The socket id (distinct from the Engine.IO session id).
+    pub fn id(&self) -> Sid {
+        self.0.id
+    }
+
+    /// The namespace name.
+    pub fn nsp(&self) -> &str {
+        &self.0.nsp.name
+    }
+
+    /// The underlying Engine.IO session.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.0.session
+    }
+
+    /// Whether the client speaks Socket.IO v5 (Engine.IO v4).
+    pub fn is_v5(&self) -> bool {
+        self.0.session.eio() == Eio::V4
+    }
+
+    /// Attaches application data; only the first call takes effect.
+    pub fn set_data<T: Any + Send + Sync>(&self, data: T) {
+        let _ = self.0.data.set(Box::new(data));
+    }
+
+    /// The data attached with [`Socket::set_data`].
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.0.data.get().and_then(|d| d.downcast_ref())
+    }
+
+    /// Emits an event.
+    pub fn emit(&self, event: &str, args: &Args) -> Result<(), SendError> {
+        self.send(&packet::encode_event(self.nsp(), event, args, None))
+    }
+
+    /// Emits an event and calls `callback` with the client's answer (or an error if the
+    /// socket goes away first).
+    pub fn emit_with_ack(
+        &self,
+        event: &str,
+        args: &Args,
+        callback: impl FnOnce(Result<Args, AckError>) + Send + 'static,
+    ) {
+        let id = {
+            let mut acks = self.0.acks.lock();
+            if acks.pending.len() >= self.0.nsp.config.max_pending_acks {
+                drop(acks);
+                return callback(Err(AckError::TooMany));
+            }
+            let id = acks.next;
+            acks.next += 1;
+            acks.pending.push((id, Box::new(callback)));
+            id
+        };
+        if let Err(e) = self.send(&packet::encode_event(self.nsp(), event, args, Some(id))) {
+            if let Some(cb) = self.take_ack(id) {
+                cb(Err(AckError::Send(e)));
+            }
+        }
+    }
+
+    /// Answers a client's event that asked for an ack.
+    pub fn ack(&self, id: u64, args: &Args) -> Result<(), SendError> {
+        self.send(&packet::encode_ack(self.nsp(), id, args))
+    }
+
+    /// Queues packets already encoded for this socket's namespace (see
+    /// [`packet::encode_event`]): a broadcast encodes once and sends to many.
+    pub fn send(&self, packets: &[Outbound]) -> Result<(), SendError> {
+        self.0.session.send_all(packets)
+    }
+
+    /// Disconnects the socket from its namespace (the client sees
+    /// "io server disconnect" and does not reconnect by itself).
+    pub fn disconnect(&self) {
+        let _ = self
+            .0
+            .session
+            .send(packet::encode_disconnect(self.nsp()));
+        if let Some(conn) = self.0.conn.upgrade() {
+            if conn.remove(self) {
+                self.left(DisconnectReason::ServerNamespaceDisconnect);
+            }
+        }
+    }
+
+    /// Closes the whole underlying connection at once (the client sees a transport
+    /// close and reconnects).
+    pub fn close_transport(&self) {
+        self.0.session.close(CloseReason::ServerClose);
+    }
+
+    fn take_ack(&self, id: u64) -> Option<AckFn> {
+        let mut acks = self.0.acks.lock();
+        let i = acks.pending.iter().position(|(k, _)| *k == id)?;
+        Some(acks.pending.swap_remove(i).1)
+    }
+
+    /// The socket left: fail its pending acks and tell the handler.
+    fn left(&self, reason: DisconnectReason) {
+        let pending = std::mem::take(&mut self.0.acks.lock().pending);
+        for (_, cb) in pending {
+            cb(Err(AckError::Disconnected));
+        }
+        self.0.nsp.handler.on_disconnect(self, reason);
+    }
+}
+
+/// A namespace and its handler.
+pub struct Namespace {
+    name: String,
+    handler: Arc<dyn Handler>,
+    config: Arc<SocketIoConfig>,
+}
+
+/// The Socket.IO layer: an Engine.IO handler that serves namespaces.
+pub struct SocketIo {
+    config: Arc<SocketIoConfig>,
+    /// Registered namespaces; shared by every connection.
+    namespaces: Arc<HashMap<String, Arc<Namespace>>>,
+}
+
+impl SocketIo {
+    pub fn new(config: SocketIoConfig) -> SocketIo {
+        SocketIo {
+            config: Arc::new(config),
+            namespaces: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a namespace (`/` for the root one).
+    pub fn namespace(mut self, name: &str, handler: Arc<dyn Handler>) -> SocketIo {
+        let ns = Arc::new(Namespace {
+            name: name.to_owned(),
+            handler,
+            config: self.config.clone(),
+        });
+        Arc::make_mut(&mut self.namespaces).insert(name.to_owned(), ns);
+        self
+    }
+}
+
+/// A binary packet waiting for its attachments.
+struct PendingBinary {
+    kind: PacketType,
+    nsp: String,
+    id: Option<u64>,
+    json: String,
+    expected: usize,
+    bytes: usize,
+    attachments: Vec<Bytes>,
+}
+
+struct ConnInner {
+    namespaces: Arc<HashMap<String, Arc<Namespace>>>,
+    config: Arc<SocketIoConfig>,
+    /// The handshake query string, for namespace handshakes.
+    query: Box<str>,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    /// Connected namespaces (usually one).
+    sockets: Vec<Socket>,
+    pending: Option<PendingBinary>,
+}
+
+impl ConnInner {
+    fn socket(&self, nsp: &str) -> Option<Socket> {
+        self.state
+            .lock()
+            .sockets
+            .iter()
+            .find(|s| s.nsp() == nsp)
+            .cloned()
+    }
+
+    fn remove(&self, socket: &Socket) -> bool {
+        let mut st = self.state.lock();
+        let before = st.sockets.len();
+        st.sockets.retain(|s| s != socket);
+        st.sockets.len() != before
+    }
+}
+
+/// The per-session state as the transport sees it.
+struct Conn(Arc<ConnInner>);
+
+impl EngineHandler for SocketIo {
+    fn on_open(&self, session: &Arc<Session>, req: &OpenRequest<'_>) -> Box<dyn Connection> {
+        let inner = Arc::new(ConnInner {
+            namespaces: self.namespaces.clone(),
+            config: self.config.clone(),
+            query: req.query.into(),
+            state: Mutex::new(ConnState::default()),
+        });
+        match session.eio() {
+            // Protocol v4 connects the root namespace implicitly.
+            Eio::V3 => {
+                let _ = connect(&inner, session, "/", None, None);
+            }
+            Eio::V4 => session.set_app_deadline(Some(self.config.connect_timeout)),
+        }
+        Box::new(Conn(inner))
+    }
+}
+
+/// Connects the session to `nsp`; an error closes the session.
+fn connect(
+    conn: &Arc<ConnInner>,
+    session: &Arc<Session>,
+    nsp: &str,
+    auth: Option<&str>,
+    connect_query: Option<&str>,
+) -> Result<(), MessageError> {
+    let v5 = session.eio() == Eio::V4;
+    let Some(ns) = conn.namespaces.get(nsp).cloned() else {
+        let _ = session.send(packet::encode_connect_error(
+            nsp,
+            "Invalid namespace",
+            None,
+            v5,
+        ));
+        return Ok(());
+    };
+    if conn.socket(nsp).is_some() {
+        return Err(MessageError(format!("duplicate CONNECT to {nsp}")));
+    }
+    let socket = Socket(Arc::new(SocketInner {
+        id: Sid::random(),
+        nsp: ns.clone(),
+        session: session.clone(),
+        conn: Arc::downgrade(conn),
+        acks: Mutex::new(Acks::default()),
+        data: OnceLock::new(),
+    }));
+    let hs = Handshake {
+        auth,
+        query: &conn.query,
+        connect_query,
+    };
+    if let Err(e) = ns.handler.authorize(&socket, &hs) {
+        let _ = session.send(packet::encode_connect_error(
+            nsp,
+            &e.message,
+            e.data.as_deref(),
+            v5,
+        ));
+        return Ok(());
+    }
+    conn.state.lock().sockets.push(socket.clone());
+    session.set_app_deadline(None);
+    let id = socket.id();
+    let _ = session.send(packet::encode_connect(
+        nsp,
+        v5.then_some(id.as_str()),
+    ));
+    ns.handler.on_connect(&socket, &hs);
+    Ok(())
+}
+
+fn bad(e: ParseError) -> MessageError {
+    MessageError(e.to_string())
+}
+
+impl Conn {
+    fn on_text(&self, session: &Arc<Session>, text: &str) -> Result<(), MessageError> {
+        let conn = &self.0;
+        if conn.state.lock().pending.is_some() {
+            return Err(MessageError("text packet while awaiting attachments".into()));
+        }
+        let p = packet::decode(text, conn.config.max_attachments).map_err(bad)?;
+        match p.kind {
+            PacketType::Connect => {
+                let auth = if session.eio() == Eio::V4 { p.data } else { None };
+                connect(conn, session, p.nsp, auth, p.query)
+            }
+            PacketType::Disconnect => {
+                if let Some(s) = conn.socket(p.nsp) {
+                    if conn.remove(&s) {
+                        s.left(DisconnectReason::ClientNamespaceDisconnect);
+                    }
+                }
+                Ok(())
+            }
+            PacketType::Event | PacketType::Ack => {
+                dispatch(conn, p.kind, p.nsp, p.id, p.data.unwrap_or("[]"), Vec::new())
+            }
+            PacketType::BinaryEvent | PacketType::BinaryAck => {
+                let data = p.data.unwrap_or("[]");
+                packet::check_placeholders(data, p.attachments).map_err(bad)?;
+                if p.attachments == 0 {
+                    return dispatch(conn, p.kind, p.nsp, p.id, data, Vec::new());
+                }
+                conn.state.lock().pending = Some(PendingBinary {
+                    kind: p.kind,
+                    nsp: p.nsp.to_owned(),
+                    id: p.id,
+                    json: data.to_owned(),
+                    expected: p.attachments,
+                    bytes: 0,
+                    attachments: Vec::with_capacity(p.attachments),
+                });
+                Ok(())
+            }
+            PacketType::ConnectError => Err(bad(ParseError::Unexpected)),
+        }
+    }
+
+    fn on_binary(&self, data: &[u8]) -> Result<(), MessageError> {
+        let conn = &self.0;
+        let done = {
+            let mut st = conn.state.lock();
+            let Some(p) = st.pending.as_mut() else {
+                return Err(MessageError("binary data without a binary packet".into()));
+            };
+            p.bytes += data.len();
+            if p.bytes > conn.config.max_attachment_bytes {
+                return Err(MessageError("attachments exceed the size limit".into()));
+            }
+            p.attachments.push(Bytes::copy_from_slice(data));
+            if p.attachments.len() == p.expected {
+                st.pending.take()
+            } else {
+                None
+            }
+        };
+        match done {
+            Some(p) => dispatch(conn, p.kind, &p.nsp, p.id, &p.json, p.attachments),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands a complete event or ack to its socket. Packets for a namespace the client has
+/// not joined are ignored, as in the reference server.
+fn dispatch(
+    conn: &ConnInner,
+    kind: PacketType,
+    nsp: &str,
+    id: Option<u64>,
+    data: &str,
+    attachments: Vec<Bytes>,
+) -> Result<(), MessageError> {
+    let Some(socket) = conn.socket(nsp) else {
+        return Ok(());
+    };
+    match kind {
+        PacketType::Event | PacketType::BinaryEvent => {
+            let (name, args) = packet::split_event(data).map_err(bad)?;
+            let event = Event {
+                name,
+                args: Args::from_raw(args, attachments),
+                ack: id,
+            };
+            socket.0.nsp.handler.on_event(&socket, event);
+        }
+        _ => {
+            let id = id.ok_or_else(|| bad(ParseError::AckId))?;
+            if let Some(cb) = socket.take_ack(id) {
+                cb(Ok(Args::from_raw(data.trim().to_owned(), attachments)));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Connection for Conn {
+    fn on_message(&self, session: &Arc<Session>, msg: Message<'_>) -> Result<(), MessageError> {
+        match msg {
+            Message::Text(t) => self.on_text(session, t),
+            Message::Binary(b) => self.on_binary(b),
+        }
+    }
+
+    fn on_close(&self, _session: &Arc<Session>, reason: CloseReason) {
+        let sockets = {
+            let mut st = self.0.state.lock();
+            st.pending = None;
+            std::mem::take(&mut st.sockets)
+        };
+        for s in sockets {
+            s.left(DisconnectReason::Transport(reason));
+        }
+    }
+}

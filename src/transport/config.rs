@@ -1,0 +1,68 @@
+//! Engine.IO transport settings. Every limit has a default that suits a production push
+//! server; the Node reference server's defaults are given where they differ.
+
+use std::time::Duration;
+
+/// What to do when a client's outbound queue is full (it reads slower than we push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Close the connection; the client reconnects and, with a durable inbox, resumes.
+    /// Counted in `queue_overflow_disconnects`. The default.
+    Disconnect,
+    /// Drop the new message for that client only and keep the connection. Counted in
+    /// `queue_overflow_drops`.
+    Drop,
+}
+
+/// Configuration of the Engine.IO layer.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Time between server pings (v4) or expected client pings (v3). Default 25 s.
+    pub ping_interval: Duration,
+    /// Time a client has to answer a ping (v4), or extra grace for a client ping (v3).
+    /// Default 20 s.
+    pub ping_timeout: Duration,
+    /// Largest message or polling payload a client may send, in bytes. Default 1,000,000
+    /// (as Node's `maxHttpBufferSize`).
+    pub max_payload: usize,
+    /// Largest number of packets queued for one client. Default 4096.
+    pub max_queue_packets: usize,
+    /// Largest number of bytes queued for one client. Default 4 MiB.
+    pub max_queue_bytes: usize,
+    /// What happens when a client's queue is full. Default [`OverflowPolicy::Disconnect`].
+    pub overflow: OverflowPolicy,
+    /// Origins allowed to make cross-origin polling requests, e.g. `https://app.example`.
+    /// `*` allows any origin but then never with credentials. Default: none (same-origin
+    /// pages and non-browser clients work; cross-origin browser polling is refused).
+    pub cors_origins: Vec<String>,
+    /// Whether `Access-Control-Allow-Credentials: true` is sent for a listed origin.
+    /// Default false.
+    pub cors_credentials: bool,
+    /// Largest HTTP request head (request line plus headers). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head once it has started one, and
+    /// the idle time allowed between keep-alive requests. Default 30 s.
+    pub request_timeout: Duration,
+    /// Largest number of simultaneous TCP connections; more are closed at once and
+    /// counted in `connections_refused`. Default 100,000.
+    pub max_connections: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1_000_000,
+            max_queue_packets: 4096,
+            max_queue_bytes: 4 << 20,
+            overflow: OverflowPolicy::Disconnect,
+            cors_origins: Vec::new(),
+            cors_credentials: false,
+            max_header_bytes: 16 << 10,
+            request_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+        }
+    }
+}

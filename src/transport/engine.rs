@@ -1,0 +1,219 @@
+//! The Engine.IO engine: the session registry, the shared heartbeat walker, counters, and
+//! the endpoints (paths) it serves.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::config::EngineConfig;
+use super::packet::Eio;
+use super::session::{Connection, Session, Sid};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Transport counters, exported as metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_opened: Counter,
+    pub sessions_closed: Counter,
+    pub connections_refused: Counter,
+    pub protocol_errors: Counter,
+    pub queue_overflow_drops: Counter,
+    pub queue_overflow_disconnects: Counter,
+    pub upgrades: Counter,
+    pub http_errors: Counter,
+}
+
+/// What the layer above gets when a session opens.
+#[derive(Debug)]
+pub struct OpenRequest<'a> {
+    /// The raw query string of the handshake request (without `?`).
+    pub query: &'a str,
+    /// The client's address.
+    pub remote: std::net::SocketAddr,
+}
+
+/// The layer above an endpoint: creates the per-session state when a session opens.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// A session opened (its handshake packet is already queued). May queue packets.
+    fn on_open(&self, session: &Arc<Session>, req: &OpenRequest<'_>) -> Box<dyn Connection>;
+}
+
+/// One path served by the engine, e.g. `/socket.io/`.
+pub(crate) struct Endpoint {
+    pub(crate) path: String,
+    pub(crate) handler: Arc<dyn EngineHandler>,
+}
+
+const SHARDS: usize = 32;
+
+pub(crate) struct EngineInner {
+    pub(crate) config: EngineConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Live sessions by sid, sharded so that opening and closing sessions on different
+    /// cores rarely contend; the heartbeat walker visits one shard at a time.
+    shards: Box<[Mutex<HashMap<Sid, Arc<Session>>>]>,
+    /// Origin of the engine clock used for heartbeat deadlines (milliseconds).
+    epoch: Instant,
+}
+
+impl EngineInner {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn shard(&self, sid: &Sid) -> &Mutex<HashMap<Sid, Arc<Session>>> {
+        let b = sid.as_str().as_bytes();
+        let h = b[0] as usize ^ (b[1] as usize) << 3 ^ (b[2] as usize) << 6;
+        &self.shards[h % SHARDS]
+    }
+
+    pub(crate) fn insert(&self, session: &Arc<Session>) {
+        self.shard(&session.sid())
+            .lock()
+            .insert(session.sid(), session.clone());
+        self.metrics.sessions_opened.inc();
+    }
+
+    pub(crate) fn remove(&self, session: &Session) {
+        self.shard(&session.sid()).lock().remove(&session.sid());
+    }
+
+    pub(crate) fn get(&self, sid: &Sid) -> Option<Arc<Session>> {
+        self.shard(sid).lock().get(sid).cloned()
+    }
+
+    /// `(ping_due, deadline)` for a new session at `now`.
+    pub(crate) fn initial_heartbeat(&self, eio: Eio, now: u64) -> (u64, u64) {
+        match eio {
+            Eio::V4 => {
+                let interval = self.config.ping_interval.as_millis() as u64;
+                let timeout = self.config.ping_timeout.as_millis() as u64;
+                // The first ping goes out one interval after the handshake; if it is not
+                // answered, the session ends one timeout later.
+                (now + interval, now + interval + timeout)
+            }
+            Eio::V3 => (u64::MAX, self.v3_deadline(now)),
+        }
+    }
+
+    /// v3 clients ping every interval; allow one timeout of grace.
+    pub(crate) fn v3_deadline(&self, now: u64) -> u64 {
+        now + (self.config.ping_interval + self.config.ping_timeout).as_millis() as u64
+    }
+
+    /// Number of live sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// A cheap handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+impl Engine {
+    /// Builds an engine serving `endpoints` (path, handler), e.g. `("/socket.io/", sio)`.
+    pub fn new(config: EngineConfig, endpoints: Vec<(String, Arc<dyn EngineHandler>)>) -> Engine {
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Engine {
+            inner: Arc::new(EngineInner {
+                config,
+                metrics: Metrics::default(),
+                endpoints: endpoints
+                    .into_iter()
+                    .map(|(path, handler)| Endpoint { path, handler })
+                    .collect(),
+                shards,
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// The transport counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Number of open sessions.
+    pub fn sessions(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Looks up a live session by id.
+    pub fn session(&self, sid: &str) -> Option<Arc<Session>> {
+        Sid::parse(sid).and_then(|sid| self.inner.get(&sid))
+    }
+
+    /// Closes every session (used on shutdown).
+    pub fn close_all(&self) {
+        let all: Vec<Arc<Session>> = self
+            .inner
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
+            .collect();
+        for s in all {
+            s.disconnect();
+        }
+    }
+
+    /// Spawns the heartbeat walker: one task for all sessions, instead of a timer per
+    /// session. It stops when the engine is dropped.
+    pub(crate) fn spawn_heartbeat(&self) {
+        let cfg = &self.inner.config;
+        let tick = (cfg.ping_interval.min(cfg.ping_timeout) / 8)
+            .clamp(Duration::from_millis(5), Duration::from_millis(500));
+        let weak: Weak<EngineInner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut due = Vec::new();
+            loop {
+                interval.tick().await;
+                let Some(engine) = weak.upgrade() else { break };
+                let now = engine.now_ms();
+                for shard in engine.shards.iter() {
+                    due.extend(
+                        shard
+                            .lock()
+                            .values()
+                            .filter(|s| s.due(now))
+                            .cloned(),
+                    );
+                }
+                for s in due.drain(..) {
+                    s.tick(now);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,25 @@
+//! Engine.IO v3 and v4: handshake, long-polling (both payload encodings), WebSocket (our
+//! own RFC 6455 framing), upgrade, heartbeats, limits.
+//!
+//! - [`packet`]: packets and polling payloads;
+//! - [`frame`]: WebSocket frames;
+//! - [`http`]: the bit of HTTP/1.1 Engine.IO needs;
+//! - [`session`]: one client session and its bounded outbound queue;
+//! - [`engine`]: the session registry, heartbeat walker, counters;
+//! - [`websocket`]: the per-connection WebSocket task;
+//! - [`server`]: the listener and the HTTP side of connections.
+
+pub mod config;
+pub mod engine;
+pub mod frame;
+pub mod http;
+pub mod packet;
+pub mod server;
+pub mod session;
+mod websocket;
+
+pub use config::{EngineConfig, OverflowPolicy};
+pub use engine::{Engine, EngineHandler, Metrics, OpenRequest};
+pub use packet::{Eio, Outbound};
+pub use server::{serve, Fallback};
+pub use session::{CloseReason, Connection, Message, MessageError, SendError, Session, Sid};

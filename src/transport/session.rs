@@ -1,0 +1,717 @@
+//! One Engine.IO session: its outbound queue, its transport state, and its heartbeat.
+//!
+//! A session is shared (`Arc`) between whoever pushes to it and the one task that drains
+//! its queue: the WebSocket connection task, or the pending long-polling `GET`. Pushing
+//! never touches the socket: it queues a shared, already encoded packet and wakes that
+//! task, so a slow client only ever costs its own bounded queue.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use super::config::OverflowPolicy;
+use super::engine::EngineInner;
+use super::packet::{Eio, Kind, Outbound, Packet};
+
+/// A session id: 20 URL-safe base64 characters from 120 random bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sid([u8; 20]);
+
+impl Sid {
+    /// A fresh, unguessable id from the thread-local CSPRNG.
+    pub fn random() -> Sid {
+        use base64::Engine as _;
+        let raw: [u8; 15] = rand::random();
+        let mut out = [0u8; 20];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut out)
+            .expect("15 bytes encode to 20");
+        debug_assert_eq!(n, 20);
+        Sid(out)
+    }
+
+    /// Parses a sid from a request; anything that is not 20 base64url bytes is no sid.
+    pub fn parse(s: &str) -> Option<Sid> {
+        let b = s.as_bytes();
+        if b.len() != 20
+            || !b
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        {
+            return None;
+        }
+        let mut out = [0u8; 20];
+        out.copy_from_slice(b);
+        Some(Sid(out))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only ever built from base64url characters.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close packet or closed its connection cleanly.
+    TransportClose,
+    /// The connection failed: reset, broken frame, polling request abandoned.
+    TransportError,
+    /// The client did not answer a ping (v4) or stopped pinging (v3) in time.
+    PingTimeout,
+    /// The client sent something that is not valid Engine.IO or Socket.IO.
+    ParseError,
+    /// The client's outbound queue overflowed under [`OverflowPolicy::Disconnect`].
+    QueueOverflow,
+    /// The upper layer's deadline passed (the Socket.IO connect timeout).
+    HandshakeTimeout,
+    /// The server closed the session (kick, shutdown).
+    ServerClose,
+}
+
+impl CloseReason {
+    /// The reason as the Node reference server names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError => "transport error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ParseError => "parse error",
+            CloseReason::QueueOverflow => "queue overflow",
+            CloseReason::HandshakeTimeout => "handshake timeout",
+            CloseReason::ServerClose => "server close",
+        }
+    }
+}
+
+/// A message a client sent, as the layer above sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// The layer above's per-session state, created when the session opens.
+pub trait Connection: Send + Sync + 'static {
+    /// A message arrived. An error closes the session with [`CloseReason::ParseError`].
+    fn on_message(&self, session: &Arc<Session>, msg: Message<'_>) -> Result<(), MessageError>;
+    /// The session ended; called exactly once, never while a push holds a lock.
+    fn on_close(&self, session: &Arc<Session>, reason: CloseReason);
+}
+
+/// A message the layer above could not accept; the session is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MessageError(pub String);
+
+/// Why a packet was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("session is closed")]
+    Closed,
+    #[error("client queue full; message dropped")]
+    Dropped,
+    #[error("client queue full; session closed")]
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Long-polling; a `GET` drains the queue.
+    Polling,
+    /// A WebSocket has probed; the queue waits until the upgrade completes.
+    Upgrading,
+    /// The WebSocket task drains the queue.
+    WebSocket,
+    /// The server closed the session; the queue is flushed, then the session ends.
+    Closing,
+    /// Ended; nothing more is sent.
+    Closed,
+}
+
+struct Inner {
+    /// Packets waiting for the client, in order. Allocates on first use.
+    queue: VecDeque<Outbound>,
+    /// Sum of the queued packets' lengths, bounded by `max_queue_bytes`.
+    queued_bytes: usize,
+    state: State,
+    /// Set while a long-polling `GET` waits on this session (at most one may).
+    get_active: bool,
+    /// Set while a long-polling `POST` is being read (at most one may).
+    post_active: bool,
+    /// The pending polling `GET` must be answered with a noop (an upgrade is probing).
+    noop: bool,
+    /// The task that drains the queue: the WebSocket task or the pending `GET`.
+    waker: Option<Waker>,
+    /// The WebSocket task while an upgrade is in progress.
+    ws_waker: Option<Waker>,
+    /// Set when the session leaves the open states; `on_close` runs once for it.
+    reason: Option<CloseReason>,
+}
+
+const NEVER: u64 = u64::MAX;
+
+/// One Engine.IO session.
+pub struct Session {
+    sid: Sid,
+    eio: Eio,
+    /// v3 polling clients that asked for base64 (`b64=1`) instead of binary payloads.
+    b64: bool,
+    /// Which endpoint (path) the session belongs to.
+    endpoint: u8,
+    /// The engine: registry, config, clock, counters.
+    engine: Arc<EngineInner>,
+    inner: Mutex<Inner>,
+    /// v4: engine-clock ms at which the next ping is due; `NEVER` while one is unanswered.
+    ping_due: AtomicU64,
+    /// Engine-clock ms by which the client must show life (pong, v3 ping), or by which a
+    /// closing session must have flushed.
+    deadline: AtomicU64,
+    /// Engine-clock ms at which the layer above gives up (Socket.IO connect timeout).
+    app_deadline: AtomicU64,
+    /// The layer above's state; set once, right after the session opens.
+    conn: OnceLock<Box<dyn Connection>>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("sid", &self.sid)
+            .field("eio", &self.eio)
+            .finish()
+    }
+}
+
+/// What a pending polling `GET` answers with.
+pub(crate) enum GetReply {
+    /// Queued packets (or a single noop).
+    Packets(Vec<Outbound>),
+    /// The session is gone: answer with these packets, then forget it.
+    Final(Vec<Outbound>),
+}
+
+/// What the WebSocket task should do next.
+pub(crate) enum WsPoll {
+    /// Write these packets (cloned from the front of the queue), then call `ws_consumed`.
+    Write,
+    /// Nothing to write; the task is registered for a wake-up.
+    Idle,
+    /// The queue is flushed and the session closing: send a close frame and stop.
+    Close(CloseReason),
+}
+
+impl Session {
+    pub(crate) fn new(
+        engine: Arc<EngineInner>,
+        eio: Eio,
+        b64: bool,
+        endpoint: u8,
+        websocket: bool,
+    ) -> Arc<Session> {
+        let now = engine.now_ms();
+        let (ping_due, deadline) = engine.initial_heartbeat(eio, now);
+        Arc::new(Session {
+            sid: Sid::random(),
+            eio,
+            b64,
+            endpoint,
+            engine,
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                state: if websocket {
+                    State::WebSocket
+                } else {
+                    State::Polling
+                },
+                get_active: false,
+                post_active: false,
+                noop: false,
+                waker: None,
+                ws_waker: None,
+                reason: None,
+            }),
+            ping_due: AtomicU64::new(ping_due),
+            deadline: AtomicU64::new(deadline),
+            app_deadline: AtomicU64::new(NEVER),
+            conn: OnceLock::new(),
+        })
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> Sid {
+        self.sid
+    }
+
+    /// The Engine.IO revision the client speaks.
+    pub fn eio(&self) -> Eio {
+        self.eio
+    }
+
+    pub(crate) fn b64(&self) -> bool {
+        self.b64
+    }
+
+    pub(crate) fn endpoint(&self) -> u8 {
+        self.endpoint
+    }
+
+    pub(crate) fn set_connection(&self, conn: Box<dyn Connection>) {
+        let _ = self.conn.set(conn);
+    }
+
+    /// Whether the session has ended (or is flushing its last packets).
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().reason.is_some()
+    }
+
+    /// Whether the client currently uses WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        self.inner.lock().state == State::WebSocket
+    }
+
+    /// Sets (or clears, with `None`) a deadline after which the session closes with
+    /// [`CloseReason::HandshakeTimeout`]; used for the Socket.IO connect timeout.
+    pub fn set_app_deadline(&self, after: Option<std::time::Duration>) {
+        let at = match after {
+            Some(d) => self.engine.now_ms().saturating_add(d.as_millis() as u64),
+            None => NEVER,
+        };
+        self.app_deadline.store(at, Ordering::Relaxed);
+    }
+
+    /// Queues one packet for the client.
+    pub fn send(self: &Arc<Self>, packet: Outbound) -> Result<(), SendError> {
+        self.send_all(std::slice::from_ref(&packet))
+    }
+
+    /// Queues packets that belong together (a binary event and its attachments): all of
+    /// them or none.
+    pub fn send_all(self: &Arc<Self>, packets: &[Outbound]) -> Result<(), SendError> {
+        let cfg = &self.engine.config;
+        let bytes: usize = packets.iter().map(Outbound::len).sum();
+        let mut inner = self.inner.lock();
+        if inner.reason.is_some() {
+            return Err(SendError::Closed);
+        }
+        if inner.queue.len() + packets.len() > cfg.max_queue_packets
+            || inner.queued_bytes + bytes > cfg.max_queue_bytes
+        {
+            match cfg.overflow {
+                OverflowPolicy::Drop => {
+                    self.engine.metrics.queue_overflow_drops.inc();
+                    return Err(SendError::Dropped);
+                }
+                OverflowPolicy::Disconnect => {
+                    self.engine.metrics.queue_overflow_disconnects.inc();
+                    let wakers = Self::end(&mut inner, CloseReason::QueueOverflow, State::Closed);
+                    drop(inner);
+                    self.after_end(wakers, CloseReason::QueueOverflow);
+                    return Err(SendError::Overflow);
+                }
+            }
+        }
+        inner.queue.extend(packets.iter().cloned());
+        inner.queued_bytes += bytes;
+        let waker = if inner.state == State::Upgrading {
+            None
+        } else {
+            inner.waker.take()
+        };
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a control packet; not subject to the queue limits (heartbeats and upgrade
+    /// noops must get through to a slow client too, and are few).
+    fn send_control(&self, packet: Outbound) {
+        let mut inner = self.inner.lock();
+        if inner.reason.is_some() {
+            return;
+        }
+        inner.queued_bytes += packet.len();
+        inner.queue.push_back(packet);
+        let waker = if inner.state == State::Upgrading {
+            None
+        } else {
+            inner.waker.take()
+        };
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ends the session at once, dropping anything still queued.
+    pub fn close(self: &Arc<Self>, reason: CloseReason) {
+        let mut inner = self.inner.lock();
+        if inner.state == State::Closed {
+            return;
+        }
+        let first = inner.reason.is_none();
+        let wakers = Self::end(&mut inner, reason, State::Closed);
+        drop(inner);
+        if first {
+            self.after_end(wakers, reason);
+        } else {
+            // Was closing: already notified; just finish.
+            self.engine.remove(self);
+            wake_all(wakers);
+        }
+    }
+
+    /// Ends the session from the server side after flushing what is queued (so a final
+    /// Socket.IO disconnect packet reaches the client).
+    pub fn disconnect(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        if inner.reason.is_some() {
+            return;
+        }
+        let wakers = Self::end(&mut inner, CloseReason::ServerClose, State::Closing);
+        drop(inner);
+        let grace = self.engine.config.ping_timeout.as_millis() as u64;
+        self.deadline
+            .store(self.engine.now_ms().saturating_add(grace), Ordering::Relaxed);
+        wake_all(wakers);
+        self.notify_close(CloseReason::ServerClose);
+    }
+
+    fn end(inner: &mut Inner, reason: CloseReason, to: State) -> [Option<Waker>; 2] {
+        if inner.reason.is_none() {
+            inner.reason = Some(reason);
+        }
+        inner.state = to;
+        if to == State::Closed {
+            inner.queue = VecDeque::new();
+            inner.queued_bytes = 0;
+        }
+        [inner.waker.take(), inner.ws_waker.take()]
+    }
+
+    fn after_end(self: &Arc<Self>, wakers: [Option<Waker>; 2], reason: CloseReason) {
+        self.engine.remove(self);
+        wake_all(wakers);
+        self.notify_close(reason);
+    }
+
+    /// Runs the layer above's `on_close` outside of any lock the caller may hold: a push
+    /// that overflows a queue happens under the pusher's locks.
+    fn notify_close(self: &Arc<Self>, reason: CloseReason) {
+        self.engine.metrics.sessions_closed.inc();
+        let this = self.clone();
+        let run = move || {
+            if let Some(conn) = this.conn.get() {
+                conn.on_close(&this, reason);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move { run() });
+            }
+            Err(_) => run(),
+        }
+    }
+
+    /// Handles one packet from the client (any transport).
+    pub(crate) fn receive(self: &Arc<Self>, packet: Packet<'_>) {
+        match packet {
+            Packet::Control(Kind::Close, _) => self.close(CloseReason::TransportClose),
+            Packet::Control(Kind::Ping, data) => {
+                if self.eio == Eio::V3 {
+                    let now = self.engine.now_ms();
+                    self.deadline
+                        .store(self.engine.v3_deadline(now), Ordering::Relaxed);
+                }
+                let mut pong = Vec::with_capacity(1 + data.len());
+                pong.push(b'3');
+                pong.extend_from_slice(data.as_bytes());
+                self.send_control(Outbound::Text(pong.into()));
+            }
+            Packet::Control(Kind::Pong, _) => {
+                if self.eio == Eio::V4 {
+                    let now = self.engine.now_ms();
+                    self.deadline.store(NEVER, Ordering::Relaxed);
+                    let interval = self.engine.config.ping_interval.as_millis() as u64;
+                    self.ping_due.store(now + interval, Ordering::Relaxed);
+                }
+            }
+            Packet::Control(_, _) => {}
+            Packet::Text(text) => self.deliver(Message::Text(&text)),
+            Packet::Binary(data) => self.deliver(Message::Binary(&data)),
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, msg: Message<'_>) {
+        if self.inner.lock().reason.is_some() {
+            return;
+        }
+        if let Some(conn) = self.conn.get() {
+            if let Err(e) = conn.on_message(self, msg) {
+                tracing::debug!(sid = %self.sid, error = %e, "closing session on bad message");
+                self.engine.metrics.protocol_errors.inc();
+                self.close(CloseReason::ParseError);
+            }
+        }
+    }
+
+    /// Called by the heartbeat walker: sends due pings, closes expired sessions.
+    pub(crate) fn tick(self: &Arc<Self>, now: u64) {
+        if now >= self.deadline.load(Ordering::Relaxed) {
+            let closing = self.inner.lock().state == State::Closing;
+            self.close(if closing {
+                CloseReason::ServerClose
+            } else {
+                CloseReason::PingTimeout
+            });
+            return;
+        }
+        if now >= self.app_deadline.load(Ordering::Relaxed) {
+            self.close(CloseReason::HandshakeTimeout);
+            return;
+        }
+        let ping_due = self.ping_due.load(Ordering::Relaxed);
+        if self.eio == Eio::V4 && now >= ping_due {
+            // The answer is due one timeout after the ping was scheduled, not after the
+            // walker got to it, so a tick's delay never extends a dead session's life.
+            let timeout = self.engine.config.ping_timeout.as_millis() as u64;
+            self.ping_due.store(NEVER, Ordering::Relaxed);
+            self.deadline.store(ping_due + timeout, Ordering::Relaxed);
+            self.send_control(Outbound::control(Kind::Ping));
+        }
+    }
+
+    /// Whether the heartbeat walker has something to do for this session at `now`.
+    pub(crate) fn due(&self, now: u64) -> bool {
+        now >= self.deadline.load(Ordering::Relaxed)
+            || now >= self.app_deadline.load(Ordering::Relaxed)
+            || (self.eio == Eio::V4 && now >= self.ping_due.load(Ordering::Relaxed))
+    }
+
+    /// Closes the session if its liveness deadline has passed (checked on each request,
+    /// so a client never sees a session the walker has not yet reaped).
+    pub(crate) fn expire_if_due(self: &Arc<Self>) -> bool {
+        let now = self.engine.now_ms();
+        if now >= self.deadline.load(Ordering::Relaxed) {
+            self.tick(now);
+            return true;
+        }
+        false
+    }
+
+    // --- long-polling ---
+
+    /// Starts a polling `GET`. Fails if one is already waiting (which, as in the
+    /// reference server, ends the session) or the session no longer polls.
+    pub(crate) fn begin_get(self: &Arc<Self>) -> Result<(), ()> {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            State::Polling | State::Upgrading | State::Closing => {}
+            State::WebSocket | State::Closed => return Err(()),
+        }
+        if inner.get_active {
+            drop(inner);
+            self.close(CloseReason::TransportError);
+            return Err(());
+        }
+        inner.get_active = true;
+        Ok(())
+    }
+
+    /// Ends a polling `GET` (answered or abandoned).
+    pub(crate) fn end_get(&self) {
+        let mut inner = self.inner.lock();
+        inner.get_active = false;
+        if matches!(inner.state, State::Polling | State::Closing) {
+            inner.waker = None;
+        }
+    }
+
+    /// Polls for the answer to a pending `GET`.
+    pub(crate) fn poll_get(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<GetReply> {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            State::Closed => {
+                // A client that closed gets a noop; a session the server ended, a close.
+                let kind = match inner.reason {
+                    Some(CloseReason::TransportClose) => Kind::Noop,
+                    _ => Kind::Close,
+                };
+                Poll::Ready(GetReply::Final(vec![Outbound::control(kind)]))
+            }
+            State::Closing => {
+                let mut out: Vec<Outbound> = inner.queue.drain(..).collect();
+                inner.queued_bytes = 0;
+                out.push(Outbound::control(Kind::Close));
+                inner.state = State::Closed;
+                drop(inner);
+                self.engine.remove(self);
+                Poll::Ready(GetReply::Final(out))
+            }
+            State::WebSocket => Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)])),
+            State::Upgrading => {
+                if inner.noop {
+                    inner.noop = false;
+                    Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)]))
+                } else {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+            State::Polling => {
+                if inner.queue.is_empty() {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    let out: Vec<Outbound> = inner.queue.drain(..).collect();
+                    inner.queue = VecDeque::new();
+                    inner.queued_bytes = 0;
+                    Poll::Ready(GetReply::Packets(out))
+                }
+            }
+        }
+    }
+
+    /// Starts a polling `POST`; at most one at a time.
+    pub(crate) fn begin_post(&self) -> Result<(), ()> {
+        let mut inner = self.inner.lock();
+        if inner.post_active || !matches!(inner.state, State::Polling | State::Upgrading) {
+            return Err(());
+        }
+        inner.post_active = true;
+        Ok(())
+    }
+
+    pub(crate) fn end_post(&self) {
+        self.inner.lock().post_active = false;
+    }
+
+    // --- WebSocket ---
+
+    /// A WebSocket with this sid wants to upgrade the polling session.
+    pub(crate) fn begin_upgrade(&self) -> Result<(), ()> {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Polling {
+            return Err(());
+        }
+        inner.state = State::Upgrading;
+        Ok(())
+    }
+
+    /// The upgrading WebSocket answered the probe: the pending `GET` gets a noop so the
+    /// client can pause polling.
+    pub(crate) fn probed(&self) {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Upgrading {
+            return;
+        }
+        inner.noop = true;
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The client sent the upgrade packet: the WebSocket now drains the queue.
+    pub(crate) fn complete_upgrade(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.state != State::Upgrading {
+            return false;
+        }
+        inner.state = State::WebSocket;
+        inner.noop = false;
+        // Wake the pending GET (it answers noop) and let the WebSocket task register.
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// The upgrading WebSocket went away before completing: back to polling.
+    pub(crate) fn abort_upgrade(&self) {
+        let mut inner = self.inner.lock();
+        if inner.state == State::Upgrading {
+            inner.state = State::Polling;
+            inner.noop = false;
+            inner.ws_waker = None;
+            let waker = inner.waker.take();
+            drop(inner);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// Polls for packets to write on the WebSocket: clones up to `max` from the front of
+    /// the queue into `batch` (they stay queued until `ws_consumed`).
+    pub(crate) fn poll_ws(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Outbound>,
+        max: usize,
+    ) -> WsPoll {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            State::Upgrading | State::Polling => {
+                inner.ws_waker = Some(cx.waker().clone());
+                WsPoll::Idle
+            }
+            State::Closed => WsPoll::Close(inner.reason.unwrap_or(CloseReason::ServerClose)),
+            State::WebSocket | State::Closing => {
+                if inner.queue.is_empty() {
+                    if inner.state == State::Closing {
+                        return WsPoll::Close(CloseReason::ServerClose);
+                    }
+                    inner.waker = Some(cx.waker().clone());
+                    return WsPoll::Idle;
+                }
+                batch.extend(inner.queue.iter().take(max).cloned());
+                WsPoll::Write
+            }
+        }
+    }
+
+    /// Drops the first `n` packets, which the WebSocket task has written.
+    pub(crate) fn ws_consumed(&self, n: usize) {
+        let mut inner = self.inner.lock();
+        for _ in 0..n {
+            match inner.queue.pop_front() {
+                Some(p) => inner.queued_bytes -= p.len(),
+                None => break,
+            }
+        }
+        if inner.queue.is_empty() && inner.queue.capacity() > 16 {
+            // Give back a burst's worth of queue memory once it is drained.
+            inner.queue = VecDeque::new();
+        }
+    }
+}
+
+fn wake_all(wakers: [Option<Waker>; 2]) {
+    for w in wakers.into_iter().flatten() {
+        w.wake();
+    }
+}

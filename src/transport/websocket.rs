@@ -1,0 +1,424 @@
+//! The WebSocket connection task: one task per connection that reads frames and writes
+//! the session's queue, with no idle buffers.
+//!
+//! Reads go into a per-thread scratch buffer; only an incomplete frame is kept per
+//! connection. Writes go straight to the socket from the shared packet bytes (a frame
+//! header on the stack plus the payload, gathered with `writev`); only what the socket
+//! refuses is copied and kept until it can be written.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::net::TcpStream;
+
+use super::frame::{self, FrameError, Header, MAX_HEADER};
+use super::packet::{self, Eio, Kind, Outbound, Packet};
+use super::session::{CloseReason, Session, WsPoll};
+
+/// Bytes read per `read` call into the shared scratch buffer.
+const SCRATCH: usize = 64 << 10;
+/// Packets gathered into one `writev`.
+const BATCH: usize = 64;
+/// Reads per poll before yielding to other connections.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// The state of one WebSocket connection.
+struct Driver {
+    stream: TcpStream,
+    session: Arc<Session>,
+    /// Largest frame or message payload accepted.
+    max_payload: usize,
+    /// Still upgrading from polling: only probe and upgrade packets are expected.
+    upgrading: bool,
+    /// Bytes of an incomplete frame (empty, unallocated, between frames).
+    partial: Vec<u8>,
+    /// A fragmented message being reassembled: its opcode and bytes so far.
+    fragments: Option<(u8, Vec<u8>)>,
+    /// Bytes the socket refused; written before anything else.
+    unwritten: Vec<u8>,
+    /// A close frame has been queued in `unwritten`; stop once it is written.
+    closing: bool,
+}
+
+/// Runs a WebSocket connection until it ends. `leftover` holds bytes read past the
+/// HTTP upgrade request.
+pub(crate) async fn run(
+    stream: TcpStream,
+    session: Arc<Session>,
+    upgrading: bool,
+    leftover: Vec<u8>,
+    max_payload: usize,
+) {
+    let mut d = Driver {
+        stream,
+        session,
+        // An Engine.IO packet adds a type byte to the message.
+        max_payload: max_payload + 1,
+        upgrading,
+        partial: Vec::new(),
+        fragments: None,
+        unwritten: Vec::new(),
+        closing: false,
+    };
+    if !leftover.is_empty() {
+        let mut buf = leftover;
+        d.process(&mut buf);
+    }
+    poll_fn(|cx| d.poll(cx)).await;
+    if d.upgrading {
+        d.session.abort_upgrade();
+    }
+}
+
+impl Driver {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.closing {
+            match self.poll_read(cx) {
+                Poll::Ready(()) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+        }
+        self.poll_write(cx)
+    }
+
+    /// Reads and handles whatever the socket has. Ready means the connection is over.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READS_PER_POLL {
+            if self.closing {
+                return Poll::Pending;
+            }
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    self.end(CloseReason::TransportError);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let done = SCRATCH_BUF.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                match self.stream.try_read(&mut scratch[..]) {
+                    Ok(0) => {
+                        self.end(CloseReason::TransportClose);
+                        true
+                    }
+                    Ok(n) => {
+                        if self.partial.is_empty() {
+                            self.process(&mut scratch[..n]);
+                        } else {
+                            let mut buf = std::mem::take(&mut self.partial);
+                            buf.extend_from_slice(&scratch[..n]);
+                            self.process(&mut buf);
+                        }
+                        false
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(_) => {
+                        self.end(CloseReason::TransportError);
+                        true
+                    }
+                }
+            });
+            if done {
+                return Poll::Ready(());
+            }
+        }
+        // More may be waiting: come back after others had a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// The peer is gone: end the session (or the upgrade attempt).
+    fn end(&mut self, reason: CloseReason) {
+        if self.upgrading {
+            self.session.abort_upgrade();
+            self.upgrading = false;
+        } else {
+            self.session.close(reason);
+        }
+    }
+
+    /// Handles every complete frame in `buf`; keeps an incomplete tail in `partial`.
+    fn process(&mut self, buf: &mut [u8]) {
+        let mut pos = 0;
+        while pos < buf.len() && !self.closing {
+            let header = match frame::parse_header(&buf[pos..], self.max_payload) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return self.fail(e),
+            };
+            let end = pos + header.header_len + header.len;
+            if end > buf.len() {
+                break;
+            }
+            let payload = &mut buf[pos + header.header_len..end];
+            frame::unmask(payload, header.mask, 0);
+            self.on_frame(header, payload);
+            pos = end;
+        }
+        if pos < buf.len() && !self.closing {
+            self.partial = buf[pos..].to_vec();
+        } else {
+            self.partial = Vec::new();
+        }
+    }
+
+    fn on_frame(&mut self, h: Header, payload: &mut [u8]) {
+        match h.opcode {
+            frame::OP_TEXT | frame::OP_BINARY => {
+                if self.fragments.is_some() {
+                    return self.fail(FrameError {
+                        code: frame::CLOSE_PROTOCOL,
+                        reason: "new message inside a fragmented one",
+                    });
+                }
+                if h.fin {
+                    self.on_message(h.opcode, payload);
+                } else {
+                    self.fragments = Some((h.opcode, payload.to_vec()));
+                }
+            }
+            frame::OP_CONTINUATION => {
+                let Some((opcode, mut data)) = self.fragments.take() else {
+                    return self.fail(FrameError {
+                        code: frame::CLOSE_PROTOCOL,
+                        reason: "continuation without a message",
+                    });
+                };
+                if data.len() + payload.len() > self.max_payload {
+                    return self.fail(FrameError {
+                        code: frame::CLOSE_TOO_BIG,
+                        reason: "message exceeds max payload",
+                    });
+                }
+                data.extend_from_slice(payload);
+                if h.fin {
+                    self.on_message(opcode, &mut data);
+                } else {
+                    self.fragments = Some((opcode, data));
+                }
+            }
+            frame::OP_PING => self.queue_raw(frame::OP_PONG, payload),
+            frame::OP_PONG => {}
+            frame::OP_CLOSE => {
+                if let Err(e) = frame::check_close_payload(payload) {
+                    return self.fail(e);
+                }
+                self.end(CloseReason::TransportClose);
+                self.close_with(frame::CLOSE_NORMAL);
+            }
+            _ => unreachable!("parse_header admits only known opcodes"),
+        }
+    }
+
+    fn on_message(&mut self, opcode: u8, payload: &mut [u8]) {
+        let eio = self.session.eio();
+        let decoded = if opcode == frame::OP_TEXT {
+            let Ok(text) = std::str::from_utf8(payload) else {
+                return self.fail(FrameError {
+                    code: frame::CLOSE_INVALID_DATA,
+                    reason: "text frame is not UTF-8",
+                });
+            };
+            if self.upgrading {
+                return self.on_upgrade_packet(text);
+            }
+            packet::decode_text(text)
+        } else {
+            if self.upgrading {
+                return;
+            }
+            packet::decode_binary_frame(eio, payload)
+        };
+        match decoded {
+            Ok(p) => self.session.receive(p),
+            Err(_) => {
+                self.session.close(CloseReason::ParseError);
+                self.close_with(frame::CLOSE_PROTOCOL);
+            }
+        }
+    }
+
+    /// During an upgrade the client sends `2probe`, then `5` once it has paused polling.
+    fn on_upgrade_packet(&mut self, text: &str) {
+        match packet::decode_text(text) {
+            Ok(Packet::Control(Kind::Ping, "probe")) => {
+                self.queue_raw(frame::OP_TEXT, b"3probe");
+                self.session.probed();
+            }
+            Ok(Packet::Control(Kind::Upgrade, _)) => {
+                if self.session.complete_upgrade() {
+                    self.upgrading = false;
+                } else {
+                    self.close_with(frame::CLOSE_POLICY);
+                }
+            }
+            Ok(Packet::Control(Kind::Noop, _)) => {}
+            _ => {
+                // Anything else before the upgrade completes breaks the protocol; the
+                // polling session carries on.
+                self.session.abort_upgrade();
+                self.upgrading = false;
+                self.close_with(frame::CLOSE_PROTOCOL);
+            }
+        }
+    }
+
+    /// A protocol violation: close the session and the connection with `e.code`.
+    fn fail(&mut self, e: FrameError) {
+        tracing::debug!(sid = %self.session.sid(), error = %e, "websocket protocol error");
+        self.partial = Vec::new();
+        self.fragments = None;
+        if self.upgrading {
+            self.session.abort_upgrade();
+            self.upgrading = false;
+        } else {
+            self.session.close(CloseReason::ParseError);
+        }
+        self.close_with(e.code);
+    }
+
+    fn close_with(&mut self, code: u16) {
+        if !self.closing {
+            self.unwritten.extend_from_slice(&frame::close_frame(code));
+            self.closing = true;
+        }
+    }
+
+    /// Queues a frame written by the connection itself (pong, probe answer).
+    fn queue_raw(&mut self, opcode: u8, payload: &[u8]) {
+        let mut h = [0u8; MAX_HEADER];
+        let n = frame::write_header(&mut h, opcode, payload.len());
+        self.unwritten.extend_from_slice(&h[..n]);
+        self.unwritten.extend_from_slice(payload);
+    }
+
+    /// Writes pending bytes, then the session's queue. Ready means the connection is over.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.unwritten.is_empty() {
+                match self.stream.try_write(&self.unwritten) {
+                    Ok(n) => {
+                        self.unwritten.drain(..n);
+                        if self.unwritten.is_empty() {
+                            self.unwritten = Vec::new();
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return match self.stream.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(_)) => self.broken(),
+                            Poll::Pending => Poll::Pending,
+                        };
+                    }
+                    Err(_) => return self.broken(),
+                }
+            }
+            if self.closing {
+                return Poll::Ready(());
+            }
+            let mut batch = Vec::new();
+            match self.session.poll_ws(cx, &mut batch, BATCH) {
+                WsPoll::Idle => return Poll::Pending,
+                WsPoll::Close(reason) => {
+                    let code = match reason {
+                        CloseReason::ParseError => frame::CLOSE_PROTOCOL,
+                        CloseReason::QueueOverflow => frame::CLOSE_POLICY,
+                        CloseReason::ServerClose => frame::CLOSE_GOING_AWAY,
+                        _ => frame::CLOSE_NORMAL,
+                    };
+                    self.close_with(code);
+                    continue;
+                }
+                WsPoll::Write => {}
+            }
+            match self.write_batch(&batch) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(_)) => return self.broken(),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(_) => return self.broken(),
+            }
+        }
+    }
+
+    fn broken(&mut self) -> Poll<()> {
+        self.end(CloseReason::TransportError);
+        Poll::Ready(())
+    }
+
+    /// Writes `batch` with one `writev`; whatever the socket took is consumed from the
+    /// session queue, and the rest of a partly written packet moves to `unwritten`.
+    fn write_batch(&mut self, batch: &[Outbound]) -> io::Result<()> {
+        let v3 = self.session.eio() == Eio::V3;
+        let mut headers = [[0u8; MAX_HEADER + 1]; BATCH];
+        let mut lens = [0usize; BATCH];
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+        for (i, p) in batch.iter().enumerate() {
+            let (opcode, body, prefix) = match p {
+                Outbound::Text(t) => (frame::OP_TEXT, t, false),
+                Outbound::Binary(b) => (frame::OP_BINARY, b, v3),
+            };
+            let mut h = [0u8; MAX_HEADER];
+            let n = frame::write_header(&mut h, opcode, body.len() + prefix as usize);
+            headers[i][..n].copy_from_slice(&h[..n]);
+            let mut hl = n;
+            if prefix {
+                // v3 binary frames start with the message packet type.
+                headers[i][n] = 4;
+                hl += 1;
+            }
+            lens[i] = hl;
+        }
+        for (i, p) in batch.iter().enumerate() {
+            let body = match p {
+                Outbound::Text(t) | Outbound::Binary(t) => t,
+            };
+            iov.push(IoSlice::new(&headers[i][..lens[i]]));
+            iov.push(IoSlice::new(body));
+        }
+        let mut written = self.stream.try_write_vectored(&iov)?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut consumed = 0;
+        for (i, p) in batch.iter().enumerate() {
+            let body = match p {
+                Outbound::Text(t) | Outbound::Binary(t) => t,
+            };
+            let total = lens[i] + body.len();
+            if written >= total {
+                written -= total;
+                consumed += 1;
+                continue;
+            }
+            if written > 0 {
+                // Keep the unwritten rest of this packet; frames must not interleave.
+                if written < lens[i] {
+                    self.unwritten
+                        .extend_from_slice(&headers[i][written..lens[i]]);
+                    self.unwritten.extend_from_slice(body);
+                } else {
+                    self.unwritten
+                        .extend_from_slice(&body[written - lens[i]..]);
+                }
+                consumed += 1;
+            }
+            break;
+        }
+        self.session.ws_consumed(consumed);
+        Ok(())
+    }
+}
