@@ -67,6 +67,9 @@ pub(crate) async fn run(
         unwritten: Vec::new(),
         closing: false,
     };
+    if !upgrading {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     if !leftover.is_empty() {
         let mut buf = leftover;
         d.process(&mut buf);
