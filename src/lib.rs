@@ -7,3 +7,6 @@
 
 pub mod protocol;
 pub mod transport;
+
+#[doc(hidden)]
+pub mod fuzzing;

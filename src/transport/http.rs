@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 /// Request methods Engine.IO cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
+pub enum Method {
     Get,
     Post,
     Options,
@@ -15,7 +15,7 @@ pub(crate) enum Method {
 
 /// What we keep of a request head.
 #[derive(Debug)]
-pub(crate) struct Head {
+pub struct Head {
     pub method: Method,
     /// Request target: path and query.
     pub target: String,
@@ -50,7 +50,7 @@ impl Head {
 
 /// Why a request head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HeadError {
+pub enum HeadError {
     /// Not HTTP/1.x, or not parseable.
     Malformed,
     /// Longer than the configured limit (or too many headers).
@@ -60,7 +60,7 @@ pub(crate) enum HeadError {
 const MAX_HEADERS: usize = 64;
 
 /// Parses a request head from `buf`. `Ok(None)`: incomplete.
-pub(crate) fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
+pub fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -166,7 +166,7 @@ pub(crate) fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, HeadErr
 
 /// Outcome of decoding a chunked body from a buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Chunked {
+pub enum Chunked {
     /// The whole body: its bytes and how much of the buffer it took.
     Done(Vec<u8>, usize),
     Incomplete,
@@ -175,7 +175,7 @@ pub(crate) enum Chunked {
 }
 
 /// Decodes a chunked body at the start of `buf`, refusing bodies over `max` bytes.
-pub(crate) fn decode_chunked(buf: &[u8], max: usize) -> Chunked {
+pub fn decode_chunked(buf: &[u8], max: usize) -> Chunked {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
@@ -387,7 +387,7 @@ mod tests {
     fn chunked_bodies() {
         assert_eq!(
             decode_chunked(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\nrest", 100),
-            Chunked::Done(b"abcde".to_vec(), 29)
+            Chunked::Done(b"abcde".to_vec(), 24)
         );
         assert_eq!(decode_chunked(b"3\r\nab", 100), Chunked::Incomplete);
         assert_eq!(decode_chunked(b"zz\r\n", 100), Chunked::Malformed);
