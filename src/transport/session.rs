@@ -475,6 +475,11 @@ impl Session {
         }
     }
 
+    /// Counts a client's protocol violation.
+    pub(crate) fn count_protocol_error(&self) {
+        self.engine.metrics.protocol_errors.inc();
+    }
+
     /// Called by the heartbeat walker: sends due pings, closes expired sessions.
     pub(crate) fn tick(self: &Arc<Self>, now: u64) {
         if now >= self.deadline.load(Ordering::Relaxed) {

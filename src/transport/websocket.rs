@@ -243,6 +243,7 @@ impl Driver {
         match decoded {
             Ok(p) => self.session.receive(p),
             Err(_) => {
+                self.session.count_protocol_error();
                 self.session.close(CloseReason::ParseError);
                 self.close_with(frame::CLOSE_PROTOCOL);
             }
@@ -277,6 +278,7 @@ impl Driver {
     /// A protocol violation: close the session and the connection with `e.code`.
     fn fail(&mut self, e: FrameError) {
         tracing::debug!(sid = %self.session.sid(), error = %e, "websocket protocol error");
+        self.session.count_protocol_error();
         self.partial = Vec::new();
         self.fragments = None;
         if self.upgrading {
