@@ -23,10 +23,12 @@ import {
   assertBinary,
   assertSamePayload,
   bytes,
+  cancelPendingWaits,
   emitWithAck,
   expectNo,
   waitFor,
   waitFor1,
+  withDeadline,
 } from "./util.js";
 
 // How long to watch for an (unwanted) automatic reconnection. Well above the
@@ -34,6 +36,9 @@ import {
 const NO_RECONNECT_WINDOW_MS = 400;
 
 const NAMESPACES = ["/", "/custom"];
+
+// Per-test limit; individual waits fail much sooner (WAIT_MS).
+const TEST = { timeout: 30_000 };
 
 export function clientSuite(adapter) {
   let server;
@@ -57,6 +62,7 @@ export function clientSuite(adapter) {
   // Every socket opened by a test; closed after each test whatever happened.
   const open = new Set();
   afterEach(() => {
+    cancelPendingWaits();
     for (const socket of open) {
       try {
         socket.disconnect();
@@ -111,10 +117,10 @@ export function clientSuite(adapter) {
   }
 
   for (const mode of MODES) {
-    describe(`${adapter.label} / ${mode.name}`, { timeout: 60_000 }, () => {
+    describe(`${adapter.label} / ${mode.name}`, () => {
       for (const nsp of NAMESPACES) {
         describe(`namespace ${nsp}`, () => {
-          it("connects and receives welcome", async () => {
+          it("connects and receives welcome", TEST, async () => {
             const { socket, welcome } = await connect(mode, nsp);
             assert.equal(welcome.nsp, nsp);
             assert.equal(typeof welcome.auth, "object");
@@ -127,7 +133,7 @@ export function clientSuite(adapter) {
             assert.ok(socket.id.length > 0);
           });
 
-          it("echo with ack returns the same arguments", async () => {
+          it("echo with ack returns the same arguments", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             for (const { name, args } of JSON_CASES) {
               const reply = await emitWithAck(socket, "echo", args);
@@ -135,7 +141,7 @@ export function clientSuite(adapter) {
             }
           });
 
-          it("echo without ack comes back as an echo event", async () => {
+          it("echo without ack comes back as an echo event", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             for (const { name, args } of JSON_CASES) {
               const back = waitFor(socket, "echo", WAIT_MS, `echo event (${name})`);
@@ -144,22 +150,17 @@ export function clientSuite(adapter) {
             }
           });
 
-          it("keeps message order and matches acks to their emits", async () => {
+          it("keeps message order and matches acks to their emits", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const N = 50;
             const events = [];
-            const allEvents = new Promise((resolve, reject) => {
-              const timer = setTimeout(
-                () => reject(new Error(`only ${events.length}/${N} echo events arrived`)),
-                WAIT_MS,
-              );
-              socket.on("echo", (i) => {
+            const allEvents = withDeadline(`${N} echo events`, WAIT_MS, (resolve, _r, onCleanup) => {
+              const handler = (i) => {
                 events.push(i);
-                if (events.length === N) {
-                  clearTimeout(timer);
-                  resolve();
-                }
-              });
+                if (events.length === N) resolve();
+              };
+              socket.on("echo", handler);
+              onCleanup(() => socket.off("echo", handler));
             });
             const acks = [];
             for (let i = 0; i < N; i++) {
@@ -172,7 +173,7 @@ export function clientSuite(adapter) {
             assert.deepStrictEqual(events, [...Array(N).keys()]);
           });
 
-          it("server-to-client ack (ask) delivers the client's reply as answer", async () => {
+          it("server-to-client ack (ask) delivers the client's reply as answer", TEST, async () => {
             const { socket } = await connect(mode, nsp);
 
             const cases = [
@@ -182,17 +183,18 @@ export function clientSuite(adapter) {
             ];
             for (const [i, { ask, reply }] of cases.entries()) {
               const event = `q${i}`;
-              const received = new Promise((resolve, reject) => {
-                const timer = setTimeout(
-                  () => reject(new Error(`"${event}" not received within ${WAIT_MS} ms`)),
-                  WAIT_MS,
-                );
-                socket.once(event, (...args) => {
-                  clearTimeout(timer);
+              const received = withDeadline(`"${event}"`, WAIT_MS, (resolve, reject, onCleanup) => {
+                const handler = (...args) => {
                   const ack = args.pop();
+                  if (typeof ack !== "function") {
+                    reject(new Error(`"${event}" arrived without an ack callback`));
+                    return;
+                  }
                   resolve(args);
-                  if (typeof ack === "function") ack(...reply);
-                });
+                  ack(...reply);
+                };
+                socket.on(event, handler);
+                onCleanup(() => socket.off(event, handler));
               });
               const answer = waitFor(socket, "answer", WAIT_MS, `answer ${i}`);
               socket.emit("ask", event, ...ask);
@@ -202,7 +204,7 @@ export function clientSuite(adapter) {
             }
           });
 
-          it("binary with ack round-trips", async () => {
+          it("binary with ack round-trips", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const a = bytes(16, 1);
             const b = bytes(1024, 2);
@@ -226,7 +228,7 @@ export function clientSuite(adapter) {
             assertSamePayload(reply, several, "several buffers");
           });
 
-          it("binary without ack comes back as an echo event", async () => {
+          it("binary without ack comes back as an echo event", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const a = bytes(64, 4);
             const b = bytes(2048, 5);
@@ -246,18 +248,22 @@ export function clientSuite(adapter) {
             assertSamePayload(got, nested, "nested buffers");
           });
 
-          it("binary in a server-to-client ack (ask)", async () => {
+          it("binary in a server-to-client ack (ask)", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const sent = bytes(100, 6);
             const replied = bytes(200, 7);
-            const received = new Promise((resolve, reject) => {
-              const timer = setTimeout(() => reject(new Error("bin-q not received")), WAIT_MS);
-              socket.once("bin-q", (...args) => {
-                clearTimeout(timer);
+            const received = withDeadline('"bin-q"', WAIT_MS, (resolve, reject, onCleanup) => {
+              const handler = (...args) => {
                 const ack = args.pop();
+                if (typeof ack !== "function") {
+                  reject(new Error('"bin-q" arrived without an ack callback'));
+                  return;
+                }
                 resolve(args);
                 ack({ file: replied }, "ok");
-              });
+              };
+              socket.on("bin-q", handler);
+              onCleanup(() => socket.off("bin-q", handler));
             });
             const answer = waitFor(socket, "answer");
             socket.emit("ask", "bin-q", { file: sent }, sent);
@@ -270,7 +276,7 @@ export function clientSuite(adapter) {
             assertSamePayload(got, [{ file: replied }, "ok"]);
           });
 
-          it("large messages (100 KB) round-trip", async () => {
+          it("large messages (100 KB) round-trip", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const chunk = "abcdefghijklmnopqrstuvwxyz0123456789-éß€😀";
             let big = "";
@@ -292,7 +298,7 @@ export function clientSuite(adapter) {
             assertSamePayload(binReply, [blob], "100 KB buffer");
           });
 
-          it("server-initiated disconnect (kick) does not auto-reconnect; manual connect works", async () => {
+          it("server-initiated disconnect (kick) does not auto-reconnect; manual connect works", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const disconnected = waitFor1(socket, "disconnect");
             socket.emit("kick");
@@ -315,7 +321,7 @@ export function clientSuite(adapter) {
             await assertEchoWorks(socket, "echo after manual reconnect");
           });
 
-          it("reconnects automatically after the transport is closed", async () => {
+          it("reconnects automatically after the transport is closed", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const firstId = socket.id;
             const disconnected = waitFor1(socket, "disconnect");
@@ -333,7 +339,7 @@ export function clientSuite(adapter) {
         });
       }
 
-      it("unknown namespace is rejected with 'Invalid namespace'", async () => {
+      it("unknown namespace is rejected with 'Invalid namespace'", TEST, async () => {
         const socket = newSocket(mode, "/nope");
         const message = await adapter.expectNamespaceError(socket);
         assert.equal(message, "Invalid namespace");

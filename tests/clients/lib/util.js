@@ -23,22 +23,57 @@ export const MODES = [
   { name: "upgrade", opts: {}, first: "polling" },
 ];
 
+// Cleanup functions of every wait still in flight; see cancelPendingWaits().
+const pending = new Set();
+
+/**
+ * A promise that must settle within `ms`, or it rejects with a message naming
+ * `what`. `executor(resolve, reject, onCleanup)` works like a Promise executor;
+ * functions passed to onCleanup run once the promise settles or is cancelled
+ * (use them to detach listeners).
+ */
+export function withDeadline(what, ms, executor) {
+  return new Promise((resolve, reject) => {
+    const cleanups = [];
+    let settled = false;
+    const done = () => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      pending.delete(done);
+      for (const fn of cleanups) fn();
+      return true;
+    };
+    const timer = setTimeout(() => {
+      if (done()) reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
+    }, ms);
+    pending.add(done);
+    executor(
+      (value) => done() && resolve(value),
+      (err) => done() && reject(err),
+      (fn) => cleanups.push(fn),
+    );
+  });
+}
+
+/**
+ * Abandon every wait still in flight: timers are cleared and listeners
+ * detached, and the promises never settle. Called after each test so that a
+ * failed test cannot leave timers behind that fire during a later one.
+ */
+export function cancelPendingWaits() {
+  for (const done of [...pending]) done();
+}
+
 /**
  * Resolve with the arguments of the next `event` on `emitter`; reject after
  * `ms`. Register it *before* triggering whatever causes the event.
  */
-export function waitFor(emitter, event, ms = WAIT_MS, what = undefined) {
-  return new Promise((resolve, reject) => {
-    const handler = (...args) => {
-      clearTimeout(timer);
-      emitter.off(event, handler);
-      resolve(args);
-    };
-    const timer = setTimeout(() => {
-      emitter.off(event, handler);
-      reject(new Error(`timed out after ${ms} ms waiting for ${what ?? `"${event}"`}`));
-    }, ms);
+export function waitFor(emitter, event, ms = WAIT_MS, what = `"${event}"`) {
+  return withDeadline(what, ms, (resolve, _reject, onCleanup) => {
+    const handler = (...args) => resolve(args);
     emitter.on(event, handler);
+    onCleanup(() => emitter.off(event, handler));
   });
 }
 
@@ -53,15 +88,8 @@ export async function waitFor1(emitter, event, ms = WAIT_MS, what = undefined) {
  * full list of values the server acknowledged with.
  */
 export function emitWithAck(socket, event, args, ms = WAIT_MS) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`no ack for "${event}" within ${ms} ms`)),
-      ms,
-    );
-    socket.emit(event, ...args, (...reply) => {
-      clearTimeout(timer);
-      resolve(reply);
-    });
+  return withDeadline(`ack for "${event}"`, ms, (resolve) => {
+    socket.emit(event, ...args, (...reply) => resolve(reply));
   });
 }
 
@@ -71,15 +99,18 @@ export function emitWithAck(socket, event, args, ms = WAIT_MS) {
  */
 export function expectNo(emitter, event, ms) {
   return new Promise((resolve, reject) => {
-    const handler = () => {
+    let finished = false;
+    const finish = () => {
+      if (finished) return false;
+      finished = true;
       clearTimeout(timer);
       emitter.off(event, handler);
-      reject(new Error(`unexpected "${event}"`));
+      pending.delete(finish);
+      return true;
     };
-    const timer = setTimeout(() => {
-      emitter.off(event, handler);
-      resolve();
-    }, ms);
+    const handler = () => finish() && reject(new Error(`unexpected "${event}"`));
+    const timer = setTimeout(() => finish() && resolve(), ms);
+    pending.add(finish);
     emitter.on(event, handler);
   });
 }
