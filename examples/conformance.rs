@@ -80,7 +80,10 @@ async fn main() {
     let engine = Engine::new(
         config,
         vec![
-            ("/engine.io/".to_owned(), Arc::new(Echo) as Arc<dyn EngineHandler>),
+            (
+                "/engine.io/".to_owned(),
+                Arc::new(Echo) as Arc<dyn EngineHandler>,
+            ),
             ("/socket.io/".to_owned(), Arc::new(sio)),
         ],
     );

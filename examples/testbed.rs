@@ -80,7 +80,10 @@ async fn main() {
         .namespace("/custom", handler);
     let engine = Engine::new(
         EngineConfig::default(),
-        vec![("/socket.io/".to_owned(), Arc::new(sio) as Arc<dyn EngineHandler>)],
+        vec![(
+            "/socket.io/".to_owned(),
+            Arc::new(sio) as Arc<dyn EngineHandler>,
+        )],
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

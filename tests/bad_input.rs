@@ -50,7 +50,10 @@ async fn start(config: EngineConfig) -> Server {
     .namespace("/", echo.clone());
     let engine = Engine::new(
         config,
-        vec![("/socket.io/".into(), Arc::new(sio) as Arc<dyn EngineHandler>)],
+        vec![(
+            "/socket.io/".into(),
+            Arc::new(sio) as Arc<dyn EngineHandler>,
+        )],
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -459,10 +462,22 @@ async fn engineio_v3_client_is_connected_to_root_at_once() {
 async fn http_errors_use_the_protocol_codes() {
     let srv = default_server().await;
     let cases: [(&str, u16, &str); 5] = [
-        ("/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA", 400, "\"code\":1"),
-        ("/socket.io/?EIO=4&transport=carrier-pigeon", 400, "\"code\":0"),
+        (
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+            400,
+            "\"code\":1",
+        ),
+        (
+            "/socket.io/?EIO=4&transport=carrier-pigeon",
+            400,
+            "\"code\":0",
+        ),
         ("/socket.io/?EIO=5&transport=polling", 400, "\"code\":5"),
-        ("/socket.io/?EIO=4&transport=polling&sid=../../etc", 400, "\"code\":1"),
+        (
+            "/socket.io/?EIO=4&transport=polling&sid=../../etc",
+            400,
+            "\"code\":1",
+        ),
         ("/elsewhere", 404, ""),
     ];
     for (path, status, body) in cases {
@@ -470,7 +485,8 @@ async fn http_errors_use_the_protocol_codes() {
         assert_eq!(s, status, "{path}");
         assert!(b.contains(body), "{path}: {b}");
     }
-    let put = b"PUT /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let put =
+        b"PUT /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
     let (s, b) = http(srv.addr, put).await;
     assert_eq!(s, 400);
     assert!(b.contains("\"code\":2"), "{b}");
@@ -480,7 +496,11 @@ async fn http_errors_use_the_protocol_codes() {
 async fn garbage_and_oversized_heads_get_an_http_error() {
     let srv = default_server().await;
     let mut healthy = Ws::socketio(srv.addr).await;
-    let (s, _) = http(srv.addr, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n").await;
+    let (s, _) = http(
+        srv.addr,
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    )
+    .await;
     assert_eq!(s, 400);
     let huge = format!(
         "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nX-Big: {}\r\n\r\n",
@@ -503,7 +523,11 @@ async fn polling_payload_errors() {
     );
     let (s, _) = http(srv.addr, req.as_bytes()).await;
     assert_eq!(s, 413);
-    let (s, _) = http(srv.addr, &get(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))).await;
+    let (s, _) = http(
+        srv.addr,
+        &get(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}")),
+    )
+    .await;
     assert_eq!(s, 400);
     // Undecodable payload: 400, and the session is gone.
     let sid = polling_sid(srv.addr).await;
@@ -519,7 +543,11 @@ async fn polling_payload_errors() {
     );
     let (s, b) = http(srv.addr, req.as_bytes()).await;
     assert_eq!((s, b.as_str()), (200, "ok"));
-    let (s, b) = http(srv.addr, &get(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))).await;
+    let (s, b) = http(
+        srv.addr,
+        &get(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}")),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b.starts_with("40{\"sid\""), "{b}");
 }
@@ -536,13 +564,23 @@ async fn cors_follows_the_allow_list() {
         format!("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n")
     };
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(req("http://app.example").as_bytes()).await.unwrap();
+    s.write_all(req("http://app.example").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(out.contains("Access-Control-Allow-Origin: http://app.example"), "{out}");
-    assert!(out.contains("Access-Control-Allow-Credentials: true"), "{out}");
+    assert!(
+        out.contains("Access-Control-Allow-Origin: http://app.example"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Access-Control-Allow-Credentials: true"),
+        "{out}"
+    );
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(req("http://evil.example").as_bytes()).await.unwrap();
+    s.write_all(req("http://evil.example").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(!out.contains("Access-Control-Allow"), "{out}");
@@ -583,7 +621,10 @@ async fn a_client_that_stops_reading_is_disconnected_at_the_queue_limit() {
     // Only the stalled socket left.
     let deadline = tokio::time::Instant::now() + WAIT;
     while srv.echo.sockets.lock().len() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "stalled socket not removed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled socket not removed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     healthy.assert_alive().await;

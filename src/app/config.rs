@@ -30,22 +30,52 @@ pub enum Command {
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Config {
     /// Address and port to listen on.
-    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:3000", global = true)]
+    #[arg(
+        long,
+        env = "HERALD_LISTEN",
+        default_value = "127.0.0.1:3000",
+        global = true
+    )]
     pub listen: String,
     /// Path of the Socket.IO endpoint.
-    #[arg(long, env = "HERALD_PATH", default_value = "/socket.io/", global = true)]
+    #[arg(
+        long,
+        env = "HERALD_PATH",
+        default_value = "/socket.io/",
+        global = true
+    )]
     pub path: String,
     /// Milliseconds between heartbeats.
-    #[arg(long, env = "HERALD_PING_INTERVAL_MS", default_value_t = 25_000, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_PING_INTERVAL_MS",
+        default_value_t = 25_000,
+        global = true
+    )]
     pub ping_interval_ms: u64,
     /// Milliseconds a client has to answer a heartbeat.
-    #[arg(long, env = "HERALD_PING_TIMEOUT_MS", default_value_t = 20_000, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_PING_TIMEOUT_MS",
+        default_value_t = 20_000,
+        global = true
+    )]
     pub ping_timeout_ms: u64,
     /// Largest message or polling payload a client may send, in bytes.
-    #[arg(long, env = "HERALD_MAX_PAYLOAD", default_value_t = 1_000_000, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_MAX_PAYLOAD",
+        default_value_t = 1_000_000,
+        global = true
+    )]
     pub max_payload: usize,
     /// Largest number of packets queued for one client.
-    #[arg(long, env = "HERALD_MAX_QUEUE_PACKETS", default_value_t = 4096, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_MAX_QUEUE_PACKETS",
+        default_value_t = 4096,
+        global = true
+    )]
     pub max_queue_packets: usize,
     /// Largest number of bytes queued for one client.
     #[arg(long, env = "HERALD_MAX_QUEUE_BYTES", default_value_t = 4 << 20, global = true)]
@@ -55,19 +85,39 @@ pub struct Config {
     pub overflow: OverflowPolicy,
     /// Origins allowed for cross-origin polling (comma-separated; `*` for any, without
     /// credentials).
-    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "HERALD_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub cors_origins: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true` to listed origins.
     #[arg(long, env = "HERALD_CORS_CREDENTIALS", global = true)]
     pub cors_credentials: bool,
     /// Largest number of simultaneous TCP connections.
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_MAX_CONNECTIONS",
+        default_value_t = 100_000,
+        global = true
+    )]
     pub max_connections: usize,
     /// Milliseconds a client has to join a namespace after its handshake.
-    #[arg(long, env = "HERALD_CONNECT_TIMEOUT_MS", default_value_t = 45_000, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_CONNECT_TIMEOUT_MS",
+        default_value_t = 45_000,
+        global = true
+    )]
     pub connect_timeout_ms: u64,
     /// Largest number of binary attachments in one packet.
-    #[arg(long, env = "HERALD_MAX_ATTACHMENTS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "HERALD_MAX_ATTACHMENTS",
+        default_value_t = 10,
+        global = true
+    )]
     pub max_attachments: usize,
 }
 
@@ -83,7 +133,10 @@ impl Config {
     /// Checks what flags cannot express on their own.
     pub fn validate(&self) -> Result<(), String> {
         if !self.path.starts_with('/') || !self.path.ends_with('/') {
-            return Err(format!("path must start and end with `/`, got `{}`", self.path));
+            return Err(format!(
+                "path must start and end with `/`, got `{}`",
+                self.path
+            ));
         }
         if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
             return Err("ping interval and timeout must be positive".into());

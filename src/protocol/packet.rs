@@ -143,10 +143,8 @@ pub fn decode(text: &str, max_attachments: usize) -> Result<Packet<'_>, ParseErr
     if !valid {
         return Err(ParseError::Payload);
     }
-    if kind == PacketType::Connect || kind == PacketType::Disconnect {
-        if id.is_some() {
-            return Err(ParseError::Payload);
-        }
+    if matches!(kind, PacketType::Connect | PacketType::Disconnect) && id.is_some() {
+        return Err(ParseError::Payload);
     }
     Ok(Packet {
         kind,
@@ -399,7 +397,10 @@ mod tests {
         assert_eq!((p.nsp, p.query), ("/custom", Some("token=abc")));
         let p = decode("0/random", 10).unwrap();
         assert_eq!(p.nsp, "/random");
-        assert_eq!(decode("1/custom,", 10).unwrap().kind, PacketType::Disconnect);
+        assert_eq!(
+            decode("1/custom,", 10).unwrap().kind,
+            PacketType::Disconnect
+        );
         let p = decode("2[\"message\",1]", 10).unwrap();
         assert_eq!((p.kind, p.id), (PacketType::Event, None));
         let p = decode("2/a,456[\"m\"]", 10).unwrap();
@@ -460,7 +461,12 @@ mod tests {
         let args = Args::from_raw("[1,\"2\"]".into(), vec![]);
         let out = encode_event("/", "message-back", &args, None);
         assert_eq!(text(&out[0]), "42[\"message-back\",1,\"2\"]");
-        let out = encode_event("/custom", "auth", &Args::one(&serde_json::json!({})), Some(3));
+        let out = encode_event(
+            "/custom",
+            "auth",
+            &Args::one(&serde_json::json!({})),
+            Some(3),
+        );
         assert_eq!(text(&out[0]), "42/custom,3[\"auth\",{}]");
         let out = encode_event("/", "e", &Args::empty(), None);
         assert_eq!(text(&out[0]), "42[\"e\"]");
@@ -469,20 +475,34 @@ mod tests {
             vec![Bytes::from_static(&[1, 2, 3])],
         );
         let out = encode_event("/", "b", &bin, None);
-        assert_eq!(text(&out[0]), "451-[\"b\",{\"_placeholder\":true,\"num\":0}]");
+        assert_eq!(
+            text(&out[0]),
+            "451-[\"b\",{\"_placeholder\":true,\"num\":0}]"
+        );
         assert_eq!(out[1], Outbound::Binary(Bytes::from_static(&[1, 2, 3])));
         let out = encode_ack("/", 456, &args);
         assert_eq!(text(&out[0]), "43456[1,\"2\"]");
         let out = encode_ack("/a", 789, &bin);
-        assert_eq!(text(&out[0]), "461-/a,789[{\"_placeholder\":true,\"num\":0}]");
+        assert_eq!(
+            text(&out[0]),
+            "461-/a,789[{\"_placeholder\":true,\"num\":0}]"
+        );
     }
 
     #[test]
     fn encodes_connect_and_errors() {
-        assert_eq!(text(&encode_connect("/", Some("abc"))), "40{\"sid\":\"abc\"}");
+        assert_eq!(
+            text(&encode_connect("/", Some("abc"))),
+            "40{\"sid\":\"abc\"}"
+        );
         assert_eq!(text(&encode_connect("/custom", None)), "40/custom,");
         assert_eq!(
-            text(&encode_connect_error("/random", "Invalid namespace", None, true)),
+            text(&encode_connect_error(
+                "/random",
+                "Invalid namespace",
+                None,
+                true
+            )),
             "44/random,{\"message\":\"Invalid namespace\"}"
         );
         assert_eq!(
@@ -490,7 +510,12 @@ mod tests {
             "44{\"message\":\"no\",\"data\":{\"a\":1}}"
         );
         assert_eq!(
-            text(&encode_connect_error("/x", "Invalid namespace", None, false)),
+            text(&encode_connect_error(
+                "/x",
+                "Invalid namespace",
+                None,
+                false
+            )),
             "44/x,\"Invalid namespace\""
         );
         assert_eq!(text(&encode_disconnect("/")), "41");
@@ -499,7 +524,8 @@ mod tests {
 
     #[test]
     fn placeholder_checks() {
-        let ok = "[\"m\",{\"_placeholder\":true,\"num\":0},{\"x\":{\"_placeholder\":true,\"num\":1}}]";
+        let ok =
+            "[\"m\",{\"_placeholder\":true,\"num\":0},{\"x\":{\"_placeholder\":true,\"num\":1}}]";
         assert!(check_placeholders(ok, 2).is_ok());
         assert!(check_placeholders(ok, 1).is_err());
         assert!(check_placeholders(ok, 3).is_err());

@@ -259,10 +259,7 @@ impl Socket {
     /// Disconnects the socket from its namespace (the client sees
     /// "io server disconnect" and does not reconnect by itself).
     pub fn disconnect(&self) {
-        let _ = self
-            .0
-            .session
-            .send(packet::encode_disconnect(self.nsp()));
+        let _ = self.0.session.send(packet::encode_disconnect(self.nsp()));
         if let Some(conn) = self.0.conn.upgrade() {
             if conn.remove(self) {
                 self.left(DisconnectReason::ServerNamespaceDisconnect);
@@ -438,10 +435,7 @@ fn connect(
     conn.state.lock().sockets.push(socket.clone());
     session.set_app_deadline(None);
     let id = socket.id();
-    let _ = session.send(packet::encode_connect(
-        nsp,
-        v5.then_some(id.as_str()),
-    ));
+    let _ = session.send(packet::encode_connect(nsp, v5.then_some(id.as_str())));
     ns.handler.on_connect(&socket, &hs);
     Ok(())
 }
@@ -454,12 +448,18 @@ impl Conn {
     fn on_text(&self, session: &Arc<Session>, text: &str) -> Result<(), MessageError> {
         let conn = &self.0;
         if conn.state.lock().pending.is_some() {
-            return Err(MessageError("text packet while awaiting attachments".into()));
+            return Err(MessageError(
+                "text packet while awaiting attachments".into(),
+            ));
         }
         let p = packet::decode(text, conn.config.max_attachments).map_err(bad)?;
         match p.kind {
             PacketType::Connect => {
-                let auth = if session.eio() == Eio::V4 { p.data } else { None };
+                let auth = if session.eio() == Eio::V4 {
+                    p.data
+                } else {
+                    None
+                };
                 connect(conn, session, p.nsp, auth, p.query)
             }
             PacketType::Disconnect => {
@@ -470,9 +470,14 @@ impl Conn {
                 }
                 Ok(())
             }
-            PacketType::Event | PacketType::Ack => {
-                dispatch(conn, p.kind, p.nsp, p.id, p.data.unwrap_or("[]"), Vec::new())
-            }
+            PacketType::Event | PacketType::Ack => dispatch(
+                conn,
+                p.kind,
+                p.nsp,
+                p.id,
+                p.data.unwrap_or("[]"),
+                Vec::new(),
+            ),
             PacketType::BinaryEvent | PacketType::BinaryAck => {
                 let data = p.data.unwrap_or("[]");
                 packet::check_placeholders(data, p.attachments).map_err(bad)?;

@@ -64,13 +64,16 @@ pub(crate) struct Endpoint {
 
 const SHARDS: usize = 32;
 
+/// One shard of the session registry.
+type Shard = Mutex<HashMap<Sid, Arc<Session>>>;
+
 pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
     pub(crate) endpoints: Vec<Endpoint>,
     /// Live sessions by sid, sharded so that opening and closing sessions on different
     /// cores rarely contend; the heartbeat walker visits one shard at a time.
-    shards: Box<[Mutex<HashMap<Sid, Arc<Session>>>]>,
+    shards: Box<[Shard]>,
     /// Origin of the engine clock used for heartbeat deadlines (milliseconds).
     epoch: Instant,
 }
@@ -80,7 +83,7 @@ impl EngineInner {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn shard(&self, sid: &Sid) -> &Mutex<HashMap<Sid, Arc<Session>>> {
+    fn shard(&self, sid: &Sid) -> &Shard {
         let b = sid.as_str().as_bytes();
         let h = b[0] as usize ^ (b[1] as usize) << 3 ^ (b[2] as usize) << 6;
         &self.shards[h % SHARDS]
@@ -202,13 +205,7 @@ impl Engine {
                 let Some(engine) = weak.upgrade() else { break };
                 let now = engine.now_ms();
                 for shard in engine.shards.iter() {
-                    due.extend(
-                        shard
-                            .lock()
-                            .values()
-                            .filter(|s| s.due(now))
-                            .cloned(),
-                    );
+                    due.extend(shard.lock().values().filter(|s| s.due(now)).cloned());
                 }
                 for s in due.drain(..) {
                     s.tick(now);

@@ -42,9 +42,7 @@ impl Head {
     }
 
     pub fn query(&self) -> &str {
-        self.target
-            .get(self.path_end + 1..)
-            .unwrap_or_default()
+        self.target.get(self.path_end + 1..).unwrap_or_default()
     }
 }
 
@@ -255,7 +253,10 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
             }
             b'%' => {
                 let hex = |c: u8| (c as char).to_digit(16);
-                match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+                match (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
                     (Some(h), Some(l)) => {
                         out.push((h * 16 + l) as u8);
                         i += 3;
@@ -347,7 +348,9 @@ mod tests {
 
     #[test]
     fn partial_and_oversized_heads() {
-        assert!(parse_head(b"GET / HTTP/1.1\r\nHost:", 1000).unwrap().is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost:", 1000)
+            .unwrap()
+            .is_none());
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
         assert_eq!(
             parse_head(big.as_bytes(), 1000).unwrap_err(),

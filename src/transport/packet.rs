@@ -359,7 +359,10 @@ mod tests {
             Packet::Control(Kind::Ping, "probe")
         );
         assert_eq!(decode_text("3").unwrap(), Packet::Control(Kind::Pong, ""));
-        assert_eq!(decode_text("5").unwrap(), Packet::Control(Kind::Upgrade, ""));
+        assert_eq!(
+            decode_text("5").unwrap(),
+            Packet::Control(Kind::Upgrade, "")
+        );
         assert_eq!(decode_text("6").unwrap(), Packet::Control(Kind::Noop, ""));
         assert_eq!(
             decode_text("4héllo").unwrap(),
@@ -438,7 +441,16 @@ mod tests {
 
     #[test]
     fn v3_text_payload_rejects_bad_lengths() {
-        for bad in ["", "x:4a", "5:4a", "2:4a1", ":4a", "99999999999:4", "2", "1:0"] {
+        for bad in [
+            "",
+            "x:4a",
+            "5:4a",
+            "2:4a1",
+            ":4a",
+            "99999999999:4",
+            "2",
+            "1:0",
+        ] {
             assert!(decode_payload_v3_text(bad).is_err(), "{bad:?}");
         }
         // A length that ends inside a surrogate pair.
@@ -459,7 +471,10 @@ mod tests {
         );
         let decoded = decode_payload_v3_binary(&body).unwrap();
         assert_eq!(decoded[0], Packet::Text(Cow::Borrowed("hello")));
-        assert_eq!(decoded[1], Packet::Binary(Cow::Borrowed(&[1u8, 2, 3, 4][..])));
+        assert_eq!(
+            decoded[1],
+            Packet::Binary(Cow::Borrowed(&[1u8, 2, 3, 4][..]))
+        );
     }
 
     #[test]

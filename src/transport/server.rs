@@ -129,9 +129,29 @@ async fn handle(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
         let cors = cors_headers(engine, &head);
         if head.upgrade && is_websocket(&head) {
             let engine = engine.clone();
-            return upgrade(&engine, slot, stream, head, buf, endpoint as u8, remote, &cors).await;
+            return upgrade(
+                &engine,
+                slot,
+                stream,
+                head,
+                buf,
+                endpoint as u8,
+                remote,
+                &cors,
+            )
+            .await;
         }
-        match polling(engine, &stream, &head, &mut buf, endpoint as u8, remote, &cors).await {
+        match polling(
+            engine,
+            &stream,
+            &head,
+            &mut buf,
+            endpoint as u8,
+            remote,
+            &cors,
+        )
+        .await
+        {
             Ok(Next::KeepAlive) if head.keep_alive => continue,
             _ => return,
         }
@@ -236,7 +256,12 @@ fn with_cors(mut r: Response, cors: &[(&'static str, String)]) -> Response {
 }
 
 /// Engine.IO's error answer: HTTP 400 (or `status`) with `{"code","message"}`.
-fn error_response(status: u16, code: u8, keep_alive: bool, cors: &[(&'static str, String)]) -> Vec<u8> {
+fn error_response(
+    status: u16,
+    code: u8,
+    keep_alive: bool,
+    cors: &[(&'static str, String)],
+) -> Vec<u8> {
     let message = match code {
         0 => "Transport unknown",
         1 => "Session ID unknown",
@@ -343,7 +368,8 @@ async fn polling(
     let has_sid = http::query_param(head.query(), "sid").is_some();
     match (head.method, has_sid) {
         (Method::Get, false) => {
-            let b64 = http::query_param(head.query(), "b64").is_some_and(|v| v == "1" || v == "true");
+            let b64 =
+                http::query_param(head.query(), "b64").is_some_and(|v| v == "1" || v == "true");
             let session = open_session(engine, eio, b64, endpoint, false, head.query(), remote);
             let reply = poll_fn(|cx| session.poll_get(cx)).await;
             respond_get(stream, &session, reply, ka, cors).await?;
@@ -386,7 +412,11 @@ async fn polling(
 
 /// Waits for a polling `GET`'s answer, watching the connection: `None` if the client
 /// went away first.
-async fn wait_get(session: &Arc<Session>, stream: &TcpStream, buf: &mut Vec<u8>) -> Option<GetReply> {
+async fn wait_get(
+    session: &Arc<Session>,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<GetReply> {
     poll_fn(|cx: &mut Context<'_>| {
         if let Poll::Ready(r) = session.poll_get(cx) {
             return Poll::Ready(Some(r));
@@ -524,7 +554,11 @@ async fn read_body(
 ) -> Result<Vec<u8>, BodyError> {
     let max = engine.config.max_payload;
     let timeout = engine.config.request_timeout;
-    async fn read(stream: &TcpStream, buf: &mut Vec<u8>, timeout: std::time::Duration) -> Result<(), BodyError> {
+    async fn read(
+        stream: &TcpStream,
+        buf: &mut Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<(), BodyError> {
         match tokio::time::timeout(timeout, read_some(stream, buf)).await {
             Ok(Ok(n)) if n > 0 => Ok(()),
             _ => Err(BodyError::Gone),
@@ -574,9 +608,11 @@ async fn upgrade(
             return;
         }
     };
-    let (Method::Get, Some(key), Some("13")) =
-        (head.method, head.ws_key.as_deref(), head.ws_version.as_deref())
-    else {
+    let (Method::Get, Some(key), Some("13")) = (
+        head.method,
+        head.ws_key.as_deref(),
+        head.ws_version.as_deref(),
+    ) else {
         let _ = write(&stream, &reject(3)).await;
         return;
     };

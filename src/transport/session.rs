@@ -391,8 +391,10 @@ impl Session {
         let wakers = Self::end(&mut inner, CloseReason::ServerClose, State::Closing);
         drop(inner);
         let grace = self.engine.config.ping_timeout.as_millis() as u64;
-        self.deadline
-            .store(self.engine.now_ms().saturating_add(grace), Ordering::Relaxed);
+        self.deadline.store(
+            self.engine.now_ms().saturating_add(grace),
+            Ordering::Relaxed,
+        );
         wake_all(wakers);
         self.notify_close(CloseReason::ServerClose);
     }

@@ -416,8 +416,7 @@ impl Driver {
                         .extend_from_slice(&headers[i][written..lens[i]]);
                     self.unwritten.extend_from_slice(body);
                 } else {
-                    self.unwritten
-                        .extend_from_slice(&body[written - lens[i]..]);
+                    self.unwritten.extend_from_slice(&body[written - lens[i]..]);
                 }
                 consumed += 1;
             }

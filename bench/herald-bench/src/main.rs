@@ -62,7 +62,18 @@ async fn main() -> anyhow::Result<()> {
             eio,
             concurrency,
             hold_secs,
-        } => idle(target, &path, connections, &sources, eio, concurrency, hold_secs).await,
+        } => {
+            idle(
+                target,
+                &path,
+                connections,
+                &sources,
+                eio,
+                concurrency,
+                hold_secs,
+            )
+            .await
+        }
     }
 }
 
@@ -139,7 +150,10 @@ async fn handshake(
     stream.set_nodelay(true)?;
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
-    read_until(&mut stream, &mut buf, |b| find(b, b"\r\n\r\n").map(|i| i + 4)).await?;
+    read_until(&mut stream, &mut buf, |b| {
+        find(b, b"\r\n\r\n").map(|i| i + 4)
+    })
+    .await?;
     if !buf.starts_with(b"HTTP/1.1 101") {
         bail!("upgrade refused: {}", String::from_utf8_lossy(&buf));
     }
