@@ -331,15 +331,7 @@ impl Session {
         }
         inner.queue.extend(packets.iter().cloned());
         inner.queued_bytes += bytes;
-        let waker = if inner.state == State::Upgrading {
-            None
-        } else {
-            inner.waker.take()
-        };
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_drainer(inner);
         Ok(())
     }
 
@@ -352,15 +344,7 @@ impl Session {
         }
         inner.queued_bytes += packet.len();
         inner.queue.push_back(packet);
-        let waker = if inner.state == State::Upgrading {
-            None
-        } else {
-            inner.waker.take()
-        };
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_drainer(inner);
     }
 
     /// Ends the session at once, dropping anything still queued.
@@ -714,6 +698,19 @@ impl Session {
             // Give back a burst's worth of queue memory once it is drained.
             inner.queue = VecDeque::new();
         }
+    }
+}
+
+/// Wakes the task that drains the queue (unless an upgrade holds it), after unlocking.
+fn wake_drainer(mut inner: parking_lot::MutexGuard<'_, Inner>) {
+    let waker = if inner.state == State::Upgrading {
+        None
+    } else {
+        inner.waker.take()
+    };
+    drop(inner);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
