@@ -1,33 +1,37 @@
 //! The `herald` binary.
 
 use clap::Parser;
-use herald::app::{self, config::Cli, config::Command};
+use herald::app::{self, config::Cli, config::Command, config::Config};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    if let Err(e) = cli.config.validate() {
-        eprintln!("herald: invalid configuration: {e}");
-        std::process::exit(2);
-    }
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Config => {
-            println!("{}", toml::to_string(&cli.config)?);
-            Ok(())
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&cli.flags, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::exit(2);
         }
-        Command::Serve => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(app::serve(cli.config))
-        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => config.redacted().map(|s| print!("{s}")),
+        Command::Serve => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(app::serve(config))),
+    };
+    if let Err(e) = result {
+        eprintln!("herald: {e:#}");
+        std::process::exit(1);
     }
 }

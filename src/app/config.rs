@@ -1,11 +1,19 @@
-//! Configuration from flags and `HERALD_*` environment variables (flags win), validated
-//! into the typed settings of each layer.
+//! Configuration in layers: built-in defaults, then a TOML file (`--config`), then
+//! `HERALD_*` environment variables, then flags. Validated once into a typed struct;
+//! unknown keys in the file are errors, so a typo never passes silently.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use toml::{Table, Value};
 
+use crate::api::ApiConfig;
+use crate::auth::AuthConfig;
+use crate::hub::HubConfig;
 use crate::protocol::SocketIoConfig;
+use crate::push::PushConfig;
 use crate::transport::{EngineConfig, OverflowPolicy};
 
 /// herald: a real-time push server speaking Socket.IO.
@@ -15,161 +23,429 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub config: Config,
+    pub flags: Flags,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
-    /// Print the effective configuration and exit.
+    /// Print the effective configuration (secrets hidden) and exit.
     Config,
 }
 
-/// Every setting, each with its default; `HERALD_<NAME>` sets it from the environment.
-#[derive(Debug, Clone, Args, serde::Serialize)]
-pub struct Config {
-    /// Address and port to listen on.
-    #[arg(
-        long,
-        env = "HERALD_LISTEN",
-        default_value = "127.0.0.1:3000",
-        global = true
-    )]
-    pub listen: String,
-    /// Path of the Socket.IO endpoint.
-    #[arg(
-        long,
-        env = "HERALD_PATH",
-        default_value = "/socket.io/",
-        global = true
-    )]
-    pub path: String,
-    /// Milliseconds between heartbeats.
-    #[arg(
-        long,
-        env = "HERALD_PING_INTERVAL_MS",
-        default_value_t = 25_000,
-        global = true
-    )]
-    pub ping_interval_ms: u64,
-    /// Milliseconds a client has to answer a heartbeat.
-    #[arg(
-        long,
-        env = "HERALD_PING_TIMEOUT_MS",
-        default_value_t = 20_000,
-        global = true
-    )]
-    pub ping_timeout_ms: u64,
-    /// Largest message or polling payload a client may send, in bytes.
-    #[arg(
-        long,
-        env = "HERALD_MAX_PAYLOAD",
-        default_value_t = 1_000_000,
-        global = true
-    )]
-    pub max_payload: usize,
-    /// Largest number of packets queued for one client.
-    #[arg(
-        long,
-        env = "HERALD_MAX_QUEUE_PACKETS",
-        default_value_t = 4096,
-        global = true
-    )]
-    pub max_queue_packets: usize,
-    /// Largest number of bytes queued for one client.
-    #[arg(long, env = "HERALD_MAX_QUEUE_BYTES", default_value_t = 4 << 20, global = true)]
-    pub max_queue_bytes: usize,
-    /// What to do when a client's queue is full: `disconnect` or `drop`.
-    #[arg(long, env = "HERALD_OVERFLOW", default_value = "disconnect", value_parser = parse_overflow, global = true)]
-    pub overflow: OverflowPolicy,
-    /// Origins allowed for cross-origin polling (comma-separated; `*` for any, without
-    /// credentials).
-    #[arg(
-        long,
-        env = "HERALD_CORS_ORIGINS",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub cors_origins: Vec<String>,
-    /// Send `Access-Control-Allow-Credentials: true` to listed origins.
-    #[arg(long, env = "HERALD_CORS_CREDENTIALS", global = true)]
-    pub cors_credentials: bool,
-    /// Largest number of simultaneous TCP connections.
-    #[arg(
-        long,
-        env = "HERALD_MAX_CONNECTIONS",
-        default_value_t = 100_000,
-        global = true
-    )]
-    pub max_connections: usize,
-    /// Milliseconds a client has to join a namespace after its handshake.
-    #[arg(
-        long,
-        env = "HERALD_CONNECT_TIMEOUT_MS",
-        default_value_t = 45_000,
-        global = true
-    )]
-    pub connect_timeout_ms: u64,
-    /// Largest number of binary attachments in one packet.
-    #[arg(
-        long,
-        env = "HERALD_MAX_ATTACHMENTS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub max_attachments: usize,
+/// Flags: the last layer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:3000].
+    #[arg(long, global = true)]
+    pub listen: Option<String>,
+    /// Development mode: take `userId` from clients unverified, and open the API when no
+    /// key is configured. Refused unless listening on a loopback address.
+    #[arg(long, global = true)]
+    pub dev_auth: bool,
+    /// Run the demo: a ticker pushing `hello` {x, y} every second, and a page at /demo.
+    #[arg(long, global = true)]
+    pub demo: bool,
 }
 
-fn parse_overflow(s: &str) -> Result<OverflowPolicy, String> {
-    match s {
-        "disconnect" => Ok(OverflowPolicy::Disconnect),
-        "drop" => Ok(OverflowPolicy::Drop),
-        other => Err(format!("expected `disconnect` or `drop`, got `{other}`")),
+/// Transport settings (`[transport]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSection {
+    /// Milliseconds between heartbeats. Default 25,000.
+    pub ping_interval_ms: u64,
+    /// Milliseconds a client has to answer a heartbeat. Default 20,000.
+    pub ping_timeout_ms: u64,
+    /// Largest message or polling body from a client, bytes. Default 1,000,000.
+    pub max_payload: usize,
+    /// Packets queued for one client. Default 4096.
+    pub max_queue_packets: usize,
+    /// Bytes queued for one client. Default 4 MiB.
+    pub max_queue_bytes: usize,
+    /// `disconnect` or `drop` when a client's queue is full. Default `disconnect`.
+    pub overflow: OverflowPolicy,
+    /// Origins allowed for cross-origin polling; `*` for any, without credentials.
+    pub cors_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` to listed origins. Default false.
+    pub cors_credentials: bool,
+    /// Simultaneous TCP connections. Default 100,000.
+    pub max_connections: usize,
+    /// Largest HTTP request head, bytes. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Milliseconds to read a request, and idle time between keep-alive requests.
+    /// Default 30,000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        TransportSection {
+            ping_interval_ms: e.ping_interval.as_millis() as u64,
+            ping_timeout_ms: e.ping_timeout.as_millis() as u64,
+            max_payload: e.max_payload,
+            max_queue_packets: e.max_queue_packets,
+            max_queue_bytes: e.max_queue_bytes,
+            overflow: e.overflow,
+            cors_origins: e.cors_origins,
+            cors_credentials: e.cors_credentials,
+            max_connections: e.max_connections,
+            max_header_bytes: e.max_header_bytes,
+            request_timeout_ms: e.request_timeout.as_millis() as u64,
+        }
     }
 }
 
+/// Socket.IO settings (`[socketio]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoSection {
+    /// Milliseconds a client has to join a namespace after its handshake. Default 45,000.
+    pub connect_timeout_ms: u64,
+    /// Binary attachments in one packet. Default 10.
+    pub max_attachments: usize,
+    /// Server-to-client acks awaiting an answer per socket. Default 256.
+    pub max_pending_acks: usize,
+}
+
+impl Default for SocketIoSection {
+    fn default() -> Self {
+        let s = SocketIoConfig::default();
+        SocketIoSection {
+            connect_timeout_ms: s.connect_timeout.as_millis() as u64,
+            max_attachments: s.max_attachments,
+            max_pending_acks: s.max_pending_acks,
+        }
+    }
+}
+
+/// Demo settings (`[demo]`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSection {
+    /// Run the demo ticker and page. Default false.
+    pub enabled: bool,
+    /// File served as the socket.io-client 4.x library for the page (e.g.
+    /// `node_modules/socket.io-client/dist/socket.io.min.js`). Default: none, the page
+    /// loads it from a CDN.
+    pub client_v4: String,
+    /// File served as the socket.io-client 2.x library (`/demo?client=2`). Default: none,
+    /// the page loads it from a CDN.
+    pub client_v2: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on. Default `127.0.0.1:3000`.
+    pub listen: String,
+    /// Socket.IO endpoint path. Default `/socket.io/`.
+    pub path: String,
+    /// Development authentication (see `--dev-auth`). Default false.
+    pub dev_auth: bool,
+    pub transport: TransportSection,
+    pub socketio: SocketIoSection,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub hub: HubConfig,
+    pub demo: DemoSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:3000".into(),
+            path: "/socket.io/".into(),
+            dev_auth: false,
+            transport: TransportSection::default(),
+            socketio: SocketIoSection::default(),
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            hub: HubConfig::default(),
+            demo: DemoSection::default(),
+        }
+    }
+}
+
+/// Variables with the `HERALD_` prefix that are not settings.
+const NOT_SETTINGS: [&str; 1] = ["HERALD_LOG"];
+
 impl Config {
-    /// Checks what flags cannot express on their own.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Loads the layers: defaults, `flags.config`, `env` (`HERALD_*` pairs), `flags`.
+    pub fn load(
+        flags: &Flags,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table = match Value::try_from(Config::default()).context("default configuration")? {
+            Value::Table(t) => t,
+            _ => bail!("default configuration is not a table"),
+        };
+        if let Some(path) = &flags.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file: Table = toml::from_str(&text)
+                .with_context(|| format!("invalid TOML in {}", path.display()))?;
+            merge(&mut table, file);
+        }
+        let defaults = table.clone();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("HERALD_") else {
+                continue;
+            };
+            if NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            match set_from_env(&mut table, &defaults, &key, &value) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(variable = %name, "not a setting; ignored"),
+                Err(e) => bail!("{name}: {e}"),
+            }
+        }
+        let mut config: Config = Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        if let Some(l) = &flags.listen {
+            config.listen = l.clone();
+        }
+        config.dev_auth |= flags.dev_auth;
+        config.demo.enabled |= flags.demo;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let addr: std::net::SocketAddr = self
+            .listen
+            .parse()
+            .with_context(|| format!("listen must be ADDRESS:PORT, got `{}`", self.listen))?;
+        if self.dev_auth && !addr.ip().is_loopback() {
+            bail!(
+                "dev-auth takes user ids unverified and is refused on the non-loopback address {addr}"
+            );
+        }
         if !self.path.starts_with('/') || !self.path.ends_with('/') {
-            return Err(format!(
-                "path must start and end with `/`, got `{}`",
-                self.path
-            ));
+            bail!("path must start and end with `/`, got `{}`", self.path);
         }
-        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
-            return Err("ping interval and timeout must be positive".into());
+        let t = &self.transport;
+        if t.ping_interval_ms == 0 || t.ping_timeout_ms == 0 {
+            bail!("transport.ping_interval_ms and ping_timeout_ms must be positive");
         }
-        if self.max_payload == 0 || self.max_queue_packets == 0 || self.max_queue_bytes == 0 {
-            return Err("payload and queue limits must be positive".into());
+        if t.max_payload == 0 || t.max_queue_packets == 0 || t.max_queue_bytes == 0 {
+            bail!("transport payload and queue limits must be positive");
+        }
+        if self.api.max_body_bytes == 0 || self.hub.max_connections_per_user == 0 {
+            bail!("api.max_body_bytes and hub.max_connections_per_user must be positive");
+        }
+        if self.api.keys.iter().any(String::is_empty) {
+            bail!("api.keys must not contain an empty key");
         }
         Ok(())
     }
 
-    /// The Engine.IO settings.
+    /// The configuration as TOML with secrets hidden.
+    pub fn redacted(&self) -> anyhow::Result<String> {
+        let mut c = self.clone();
+        if !c.auth.jwt_secret.is_empty() {
+            c.auth.jwt_secret = "<hidden>".into();
+        }
+        for k in &mut c.api.keys {
+            *k = "<hidden>".into();
+        }
+        Ok(toml::to_string(&c)?)
+    }
+
     pub fn engine(&self) -> EngineConfig {
+        let t = &self.transport;
         EngineConfig {
-            ping_interval: Duration::from_millis(self.ping_interval_ms),
-            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
-            max_payload: self.max_payload,
-            max_queue_packets: self.max_queue_packets,
-            max_queue_bytes: self.max_queue_bytes,
-            overflow: self.overflow,
-            cors_origins: self.cors_origins.clone(),
-            cors_credentials: self.cors_credentials,
-            max_connections: self.max_connections,
-            ..EngineConfig::default()
+            ping_interval: Duration::from_millis(t.ping_interval_ms),
+            ping_timeout: Duration::from_millis(t.ping_timeout_ms),
+            max_payload: t.max_payload,
+            max_queue_packets: t.max_queue_packets,
+            max_queue_bytes: t.max_queue_bytes,
+            overflow: t.overflow,
+            cors_origins: t.cors_origins.clone(),
+            cors_credentials: t.cors_credentials,
+            max_header_bytes: t.max_header_bytes,
+            request_timeout: Duration::from_millis(t.request_timeout_ms),
+            max_connections: t.max_connections,
         }
     }
 
-    /// The Socket.IO settings.
     pub fn socketio(&self) -> SocketIoConfig {
         SocketIoConfig {
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            max_attachments: self.max_attachments,
-            max_attachment_bytes: self.max_payload,
-            ..SocketIoConfig::default()
+            connect_timeout: Duration::from_millis(self.socketio.connect_timeout_ms),
+            max_attachments: self.socketio.max_attachments,
+            max_attachment_bytes: self.transport.max_payload,
+            max_pending_acks: self.socketio.max_pending_acks,
         }
+    }
+
+    pub fn push(&self) -> PushConfig {
+        PushConfig {
+            max_users_per_push: self.api.max_users_per_push,
+            idempotency_window: Duration::from_secs(self.api.idempotency_window_secs),
+            ..PushConfig::default()
+        }
+    }
+}
+
+/// Deep-merges `over` into `base`.
+fn merge(base: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `key` (`listen`, or `<section>_<name>` such as `auth_jwt_secret`) from an
+/// environment value, typed after the setting's current value. `Ok(false)`: no such
+/// setting.
+fn set_from_env(table: &mut Table, defaults: &Table, key: &str, raw: &str) -> Result<bool, String> {
+    if let Some(current) = defaults.get(key).filter(|v| !v.is_table()) {
+        table.insert(key.to_owned(), typed(current, raw)?);
+        return Ok(true);
+    }
+    for (section, inner) in defaults.iter() {
+        let Value::Table(inner) = inner else { continue };
+        let Some(name) = key
+            .strip_prefix(section.as_str())
+            .and_then(|r| r.strip_prefix('_'))
+        else {
+            continue;
+        };
+        if let Some(current) = inner.get(name) {
+            let v = typed(current, raw)?;
+            if let Some(Value::Table(t)) = table.get_mut(section) {
+                t.insert(name.to_owned(), v);
+            }
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn typed(current: &Value, raw: &str) -> Result<Value, String> {
+    Ok(match current {
+        Value::Boolean(_) => Value::Boolean(match raw {
+            "1" | "true" | "yes" => true,
+            "0" | "false" | "no" | "" => false,
+            other => return Err(format!("expected true or false, got `{other}`")),
+        }),
+        Value::Integer(_) => Value::Integer(
+            raw.parse()
+                .map_err(|_| format!("expected a whole number, got `{raw}`"))?,
+        ),
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => Value::String(raw.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            config: None,
+            listen: None,
+            dev_auth: false,
+            demo: false,
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("herald.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:4000\"\n[transport]\nping_interval_ms = 1000\n[api]\nkeys = [\"file-key-0123456789\"]\n",
+        )
+        .unwrap();
+        let mut f = flags();
+        f.config = Some(file);
+        let c = Config::load(
+            &f,
+            env(&[
+                ("HERALD_TRANSPORT_PING_INTERVAL_MS", "2000"),
+                ("HERALD_AUTH_JWT_SECRET", "s"),
+                ("HERALD_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:4000");
+        assert_eq!(c.transport.ping_interval_ms, 2000);
+        assert_eq!(c.auth.jwt_secret, "s");
+        assert_eq!(c.api.keys, vec!["file-key-0123456789"]);
+        f.listen = Some("127.0.0.1:5000".into());
+        let c = Config::load(&f, env(&[("HERALD_LISTEN", "127.0.0.1:4500")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5000");
+        let shown = c.redacted().unwrap();
+        assert!(!shown.contains("file-key"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let e =
+            Config::load(&flags(), env(&[("HERALD_TRANSPORT_MAX_PAYLOAD", "lots")])).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("HERALD_TRANSPORT_MAX_PAYLOAD"),
+            "{e:#}"
+        );
+        let e =
+            Config::load(&flags(), env(&[("HERALD_TRANSPORT_OVERFLOW", "explode")])).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid configuration"), "{e:#}");
+        let e = Config::load(&flags(), env(&[("HERALD_LISTEN", "nowhere")])).unwrap_err();
+        assert!(format!("{e:#}").contains("listen"), "{e:#}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[transport]\nping_intervall_ms = 5\n").unwrap();
+        let mut f = flags();
+        f.config = Some(file);
+        let e = Config::load(&f, Vec::new()).unwrap_err();
+        assert!(format!("{e:#}").contains("ping_intervall_ms"), "{e:#}");
+    }
+
+    #[test]
+    fn dev_auth_is_refused_off_loopback() {
+        let mut f = flags();
+        f.dev_auth = true;
+        f.listen = Some("0.0.0.0:3000".into());
+        let e = Config::load(&f, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("dev-auth"), "{e}");
+        f.listen = Some("127.0.0.1:3000".into());
+        assert!(Config::load(&f, Vec::new()).is_ok());
+        f.listen = Some("[::1]:3000".into());
+        assert!(Config::load(&f, Vec::new()).is_ok());
     }
 }

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use ::http as http_types;
+
 use tokio::net::{TcpListener, TcpStream};
 
 use super::engine::{Engine, EngineInner, OpenRequest};
@@ -18,16 +20,19 @@ use super::packet::{self, Eio, Outbound};
 use super::session::{CloseReason, GetReply, Session};
 use super::websocket;
 
-/// Serves requests for paths the engine does not own (the HTTP API, pages). It takes
-/// over the connection; `buffered` holds the bytes already read, starting with the
-/// request head.
+/// Serves requests for paths the engine does not own (the HTTP API, pages). The
+/// connection stays with the engine's HTTP loop, so one keep-alive connection may carry
+/// API requests and long-polling requests alike.
 pub trait Fallback: Send + Sync + 'static {
-    fn serve(
+    /// Answers one request, whose body has been read in full.
+    fn call(
         &self,
-        stream: TcpStream,
-        buffered: Vec<u8>,
-        remote: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+        request: http_types::Request<bytes::Bytes>,
+    ) -> Pin<Box<dyn Future<Output = http_types::Response<bytes::Bytes>> + Send>>;
+    /// Largest request body accepted, in bytes.
+    fn max_body(&self) -> usize;
+    /// The answer to a request whose body exceeds [`Fallback::max_body`].
+    fn too_large(&self) -> http_types::Response<bytes::Bytes>;
 }
 
 struct Shared {
@@ -114,15 +119,17 @@ async fn handle(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
             .iter()
             .position(|e| path_matches(head.path(), &e.path));
         let Some(endpoint) = endpoint else {
-            if let Some(f) = &shared.fallback {
-                f.serve(stream, buf, remote).await;
+            let keep_alive = match &shared.fallback {
+                Some(f) => fallback(engine, f.as_ref(), &stream, &head, &mut buf, remote).await,
+                None => {
+                    buf.drain(..head.len);
+                    let resp = Response::new(404).body(b"Not Found", head.keep_alive);
+                    write(&stream, &resp).await.is_ok() && head.keep_alive
+                }
+            };
+            if !keep_alive {
                 return;
             }
-            let resp = Response::new(404).body(b"Not Found", head.keep_alive);
-            if write(&stream, &resp).await.is_err() || !head.keep_alive {
-                return;
-            }
-            buf.drain(..head.len);
             continue;
         };
         buf.drain(..head.len);
@@ -333,6 +340,72 @@ fn lookup(engine: &EngineInner, head: &Head, endpoint: u8) -> Option<Arc<Session
     (s.endpoint() == endpoint).then_some(s)
 }
 
+/// Hands a request to the fallback service and writes its answer. Returns whether the
+/// connection may carry another request.
+async fn fallback(
+    engine: &EngineInner,
+    f: &dyn Fallback,
+    stream: &TcpStream,
+    head: &Head,
+    buf: &mut Vec<u8>,
+    remote: SocketAddr,
+) -> bool {
+    let request = {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
+            return false;
+        }
+        let mut builder = http_types::Request::builder()
+            .method(req.method.unwrap_or("GET"))
+            .uri(req.path.unwrap_or("/"));
+        for h in req.headers.iter() {
+            builder = builder.header(h.name, h.value);
+        }
+        builder.extension(remote)
+    };
+    buf.drain(..head.len);
+    let response = match read_body(engine, stream, head, buf, f.max_body()).await {
+        Ok(body) => match request.body(bytes::Bytes::from(body)) {
+            Ok(req) => f.call(req).await,
+            Err(_) => {
+                let resp = Response::new(400).body(b"Bad Request", false);
+                let _ = write(stream, &resp).await;
+                return false;
+            }
+        },
+        Err(BodyError::TooLarge) => {
+            let r = f.too_large();
+            let _ = write(stream, &encode_response(&r, false)).await;
+            return false;
+        }
+        Err(BodyError::Malformed) => {
+            let resp = Response::new(400).body(b"Bad Request", false);
+            let _ = write(stream, &resp).await;
+            return false;
+        }
+        Err(BodyError::Gone) => return false,
+    };
+    write(stream, &encode_response(&response, head.keep_alive))
+        .await
+        .is_ok()
+        && head.keep_alive
+}
+
+/// Serializes a fallback response with a `Content-Length`.
+fn encode_response(r: &http_types::Response<bytes::Bytes>, keep_alive: bool) -> Vec<u8> {
+    let mut out = Response::new(r.status().as_u16());
+    for (name, value) in r.headers() {
+        if name == http_types::header::CONTENT_LENGTH || name == http_types::header::CONNECTION {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            out = out.header(name.as_str(), v);
+        }
+    }
+    out.body(r.body(), keep_alive)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn polling(
     engine: &Arc<EngineInner>,
@@ -485,7 +558,7 @@ async fn post(
         write(stream, &error_response(400, 3, ka, cors)).await?;
         return Ok(Next::Close);
     }
-    let body = read_body(engine, stream, head, buf).await;
+    let body = read_body(engine, stream, head, buf, engine.config.max_payload).await;
     session.end_post();
     let body = match body {
         Ok(b) => b,
@@ -545,14 +618,14 @@ enum BodyError {
     Gone,
 }
 
-/// Reads a request body (fixed length or chunked), at most `max_payload` bytes.
+/// Reads a request body (fixed length or chunked), at most `max` bytes.
 async fn read_body(
     engine: &EngineInner,
     stream: &TcpStream,
     head: &Head,
     buf: &mut Vec<u8>,
+    max: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    let max = engine.config.max_payload;
     let timeout = engine.config.request_timeout;
     async fn read(
         stream: &TcpStream,

@@ -298,6 +298,38 @@ export function clientSuite(adapter) {
             assertSamePayload(binReply, [blob], "100 KB buffer");
           });
 
+          if (mode.name === "upgrade") {
+            it("messages emitted right after connect, across the upgrade, are delivered", TEST, async (t) => {
+              const socket = newSocket(mode, nsp);
+              const engine = socket.io.engine;
+              let upgradeDone = false;
+              const upgraded = waitFor(engine, "upgrade", WAIT_MS, "transport upgrade");
+              upgraded.then(
+                () => (upgradeDone = true),
+                () => {},
+              );
+              await waitFor(socket, "connect");
+
+              // Keep emitting, one message per event-loop turn, until the
+              // upgrade has completed, then a few more over WebSocket.
+              const acks = [];
+              let beforeUpgrade = 0;
+              for (let i = 0; i < 2_000 && !upgradeDone; i++) {
+                acks.push(emitWithAck(socket, "echo", [i, bytes(8, i + 1)]));
+                beforeUpgrade++;
+                await new Promise((resolve) => setImmediate(resolve));
+              }
+              await upgraded;
+              assert.equal(engine.transport.name, "websocket");
+              for (let i = acks.length, end = acks.length + 5; i < end; i++) {
+                acks.push(emitWithAck(socket, "echo", [i, bytes(8, i + 1)]));
+              }
+              const replies = await Promise.all(acks);
+              replies.forEach((reply, i) => assertSamePayload(reply, [i, bytes(8, i + 1)], `message ${i}`));
+              t.diagnostic(`${beforeUpgrade} message(s) emitted before the upgrade completed`);
+            });
+          }
+
           it("server-initiated disconnect (kick) does not auto-reconnect; manual connect works", TEST, async () => {
             const { socket } = await connect(mode, nsp);
             const disconnected = waitFor1(socket, "disconnect");

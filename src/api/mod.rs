@@ -1,0 +1,245 @@
+//! The public HTTP API for backends, under `/api/v1`: JSON in and out, bearer API keys,
+//! errors as `{"error": {"code", "message"}}`. Handlers are thin: extract, call the
+//! service, answer. Served on the same port as Socket.IO through the transport's
+//! fallback, so the demo page lives here too.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use crate::hub::Hub;
+use crate::push::{PushError, PushRequest, PushService};
+use crate::transport::Fallback;
+
+/// API settings (`[api]` in the config file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer keys that may call the API. Default: none (the API refuses every call,
+    /// except with `--dev-auth` on loopback, where it is open).
+    pub keys: Vec<String>,
+    /// Largest request body, in bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Largest number of users in one push. Default 10,000.
+    pub max_users_per_push: usize,
+    /// Seconds an idempotency key is remembered. Default 86,400.
+    pub idempotency_window_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            max_body_bytes: 1 << 20,
+            max_users_per_push: 10_000,
+            idempotency_window_secs: 86_400,
+        }
+    }
+}
+
+/// Everything the handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    pub push: Arc<PushService>,
+    pub hub: Arc<Hub>,
+    /// Accepted bearer keys; empty with `open` means no key is needed.
+    pub keys: Arc<Vec<String>>,
+    /// No key needed (development mode on loopback with no keys configured).
+    pub open: bool,
+}
+
+/// Every way an API call fails, converted to the wire in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> ApiError {
+        match e {
+            PushError::Invalid(m) => ApiError::BadRequest(m),
+            PushError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+                _ => ApiError::BadRequest(rejection.body_text()),
+            }),
+        }
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.open && state.keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    // Compare every key in full so timing does not tell how much of a key matched.
+    let mut ok = false;
+    for k in state.keys.iter() {
+        ok |= constant_time_eq(k.as_bytes(), presented.as_bytes());
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn push(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PushRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.push.push(req)?))
+}
+
+async fn presence(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let n = state.hub.connections(&user);
+    Ok(Json(serde_json::json!({"online": n > 0, "connections": n})))
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// The API routes (under `/api/v1`).
+pub fn routes(state: ApiState) -> axum::Router {
+    let body_limit = axum::extract::DefaultBodyLimit::disable();
+    axum::Router::new()
+        .route("/api/v1/push", post(push))
+        .route("/api/v1/users/{id}/presence", get(presence))
+        .route("/api/v1/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(body_limit)
+        .with_state(state)
+}
+
+/// Serves an axum router as the transport's fallback.
+pub struct HttpService {
+    router: axum::Router,
+    max_body: usize,
+}
+
+impl HttpService {
+    /// `max_body` bounds request bodies; the transport refuses bigger ones before they
+    /// are read.
+    pub fn new(router: axum::Router, max_body: usize) -> HttpService {
+        HttpService { router, max_body }
+    }
+}
+
+impl Fallback for HttpService {
+    fn call(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = http::Response<Bytes>> + Send>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            let request = request.map(axum::body::Body::from);
+            let response = match router.oneshot(request).await {
+                Ok(r) => r,
+                Err(e) => match e {},
+            };
+            let (parts, body) = response.into_parts();
+            let bytes = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            http::Response::from_parts(parts, bytes)
+        })
+    }
+
+    fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    fn too_large(&self) -> http::Response<Bytes> {
+        let (status, code) = ApiError::PayloadTooLarge.parts();
+        let body = serde_json::json!({"error": {"code": code, "message": ApiError::PayloadTooLarge.to_string()}});
+        http::Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Bytes::from(body.to_string()))
+            .unwrap_or_default()
+    }
+}

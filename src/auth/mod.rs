@@ -1,0 +1,251 @@
+//! Who a connecting client is: a JWT whose `sub` is the user id (HS256 with a secret, or
+//! RS256/ES256 with a PEM public key), or, in development mode only, a `userId` taken
+//! unverified.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::protocol::Handshake;
+
+/// Longest user id accepted, in bytes.
+pub const MAX_USER_ID: usize = 256;
+
+/// Client authentication settings (`[auth]` in the config file).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens. Default: none.
+    pub jwt_secret: String,
+    /// Path of a PEM public key for RS256 or ES256 tokens. Default: none.
+    pub jwt_public_key_file: String,
+    /// `RS256` or `ES256` when a public key is given. Default `RS256`.
+    pub jwt_algorithm: String,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 0.
+    pub leeway_secs: u64,
+}
+
+/// Why a client was refused; shown to it as `unauthorized: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+    #[error("invalid user id")]
+    BadUser,
+    #[error("no authentication configured on this server")]
+    NotConfigured,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("auth.jwt_algorithm must be RS256 or ES256, got `{0}`")]
+    Algorithm(String),
+    #[error("cannot read auth.jwt_public_key_file `{0}`: {1}")]
+    KeyFile(String, std::io::Error),
+    #[error("auth.jwt_public_key_file `{0}` is not a valid PEM key: {1}")]
+    Key(String, jsonwebtoken::errors::Error),
+    #[error("set either auth.jwt_secret or auth.jwt_public_key_file, not both")]
+    Both,
+}
+
+enum Mode {
+    Jwt {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    Dev,
+    None,
+}
+
+/// Verifies clients at connect.
+pub struct Authenticator {
+    mode: Mode,
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl Authenticator {
+    /// Builds the verifier; `dev` takes `userId` unverified instead of a token.
+    pub fn new(cfg: &AuthConfig, dev: bool) -> Result<Authenticator, AuthConfigError> {
+        if dev {
+            return Ok(Authenticator { mode: Mode::Dev });
+        }
+        let (key, alg) = match (
+            cfg.jwt_secret.is_empty(),
+            cfg.jwt_public_key_file.is_empty(),
+        ) {
+            (false, false) => return Err(AuthConfigError::Both),
+            (true, true) => return Ok(Authenticator { mode: Mode::None }),
+            (false, true) => (
+                DecodingKey::from_secret(cfg.jwt_secret.as_bytes()),
+                Algorithm::HS256,
+            ),
+            (true, false) => {
+                let path = &cfg.jwt_public_key_file;
+                let pem =
+                    std::fs::read(path).map_err(|e| AuthConfigError::KeyFile(path.clone(), e))?;
+                match cfg.jwt_algorithm.as_str() {
+                    "" | "RS256" => (
+                        DecodingKey::from_rsa_pem(&pem)
+                            .map_err(|e| AuthConfigError::Key(path.clone(), e))?,
+                        Algorithm::RS256,
+                    ),
+                    "ES256" => (
+                        DecodingKey::from_ec_pem(&pem)
+                            .map_err(|e| AuthConfigError::Key(path.clone(), e))?,
+                        Algorithm::ES256,
+                    ),
+                    other => return Err(AuthConfigError::Algorithm(other.to_owned())),
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = cfg.leeway_secs;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        Ok(Authenticator {
+            mode: Mode::Jwt {
+                key,
+                validation: Box::new(validation),
+            },
+        })
+    }
+
+    /// Whether clients can be admitted at all (a token key or development mode).
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.mode, Mode::None)
+    }
+
+    /// The user id of a connecting client.
+    pub fn user(&self, hs: &Handshake<'_>) -> Result<String, AuthError> {
+        match &self.mode {
+            Mode::None => Err(AuthError::NotConfigured),
+            Mode::Dev => {
+                let user = credential(hs, "userId").ok_or(AuthError::Missing)?;
+                check_user(user)
+            }
+            Mode::Jwt { key, validation } => {
+                let token = credential(hs, "token").ok_or(AuthError::Missing)?;
+                let data =
+                    jsonwebtoken::decode::<Claims>(&token, key, validation).map_err(|e| match e
+                        .kind()
+                    {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                        _ => AuthError::Invalid,
+                    })?;
+                check_user(data.claims.sub)
+            }
+        }
+    }
+}
+
+fn check_user(user: String) -> Result<String, AuthError> {
+    if user.is_empty() || user.len() > MAX_USER_ID || user.chars().any(char::is_control) {
+        return Err(AuthError::BadUser);
+    }
+    Ok(user)
+}
+
+/// A credential from the `auth` object (v5 clients), else from the query (v4 clients,
+/// which have no auth payload).
+fn credential(hs: &Handshake<'_>, name: &str) -> Option<String> {
+    let from_auth = hs.auth.and_then(|a| {
+        let v: serde_json::Value = serde_json::from_str(a).ok()?;
+        match v.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    });
+    from_auth
+        .or_else(|| hs.query_param(name))
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn token(sub: &str, exp_from_now: i64, secret: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = serde_json::json!({"sub": sub, "exp": now + exp_from_now});
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn hs<'a>(auth: Option<&'a str>, query: &'a str) -> Handshake<'a> {
+        Handshake {
+            auth,
+            query,
+            connect_query: None,
+        }
+    }
+
+    fn hmac() -> Authenticator {
+        Authenticator::new(
+            &AuthConfig {
+                jwt_secret: "s3cret".into(),
+                ..AuthConfig::default()
+            },
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwt_in_auth_or_query() {
+        let a = hmac();
+        let t = token("alice", 60, "s3cret");
+        let auth = format!("{{\"token\":\"{t}\"}}");
+        assert_eq!(a.user(&hs(Some(&auth), "")).unwrap(), "alice");
+        let q = format!("EIO=3&token={t}");
+        assert_eq!(a.user(&hs(None, &q)).unwrap(), "alice");
+    }
+
+    #[test]
+    fn jwt_failures() {
+        let a = hmac();
+        let expired = format!("{{\"token\":\"{}\"}}", token("a", -120, "s3cret"));
+        assert_eq!(a.user(&hs(Some(&expired), "")), Err(AuthError::Expired));
+        let forged = format!("{{\"token\":\"{}\"}}", token("a", 60, "other"));
+        assert_eq!(a.user(&hs(Some(&forged), "")), Err(AuthError::Invalid));
+        assert_eq!(a.user(&hs(Some("{}"), "")), Err(AuthError::Missing));
+        assert_eq!(
+            a.user(&hs(Some("{\"token\":\"garbage\"}"), "")),
+            Err(AuthError::Invalid)
+        );
+        let empty_sub = format!("{{\"token\":\"{}\"}}", token("", 60, "s3cret"));
+        assert_eq!(a.user(&hs(Some(&empty_sub), "")), Err(AuthError::BadUser));
+    }
+
+    #[test]
+    fn dev_mode_and_unconfigured() {
+        let dev = Authenticator::new(&AuthConfig::default(), true).unwrap();
+        assert_eq!(
+            dev.user(&hs(Some("{\"userId\":\"u1\"}"), "")).unwrap(),
+            "u1"
+        );
+        assert_eq!(dev.user(&hs(None, "userId=u2")).unwrap(), "u2");
+        assert_eq!(dev.user(&hs(None, "")), Err(AuthError::Missing));
+        let none = Authenticator::new(&AuthConfig::default(), false).unwrap();
+        assert!(!none.is_configured());
+        assert_eq!(
+            none.user(&hs(Some("{\"userId\":\"u1\"}"), "")),
+            Err(AuthError::NotConfigured)
+        );
+    }
+}
