@@ -3,9 +3,11 @@
 pub mod config;
 mod demo;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, HttpService};
 use crate::auth::Authenticator;
@@ -46,57 +48,96 @@ impl Handler for Devices {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM, then closes every session and returns.
-pub async fn serve(config: config::Config) -> anyhow::Result<()> {
-    let auth = Authenticator::new(&config.auth, config.dev_auth)?;
-    if !auth.is_configured() {
-        tracing::warn!(
-            "no client authentication configured (auth.jwt_secret or auth.jwt_public_key_file): \
-             every client will be refused; use --dev-auth to try herald locally"
+/// One herald node: its layers, wired together. Built from the configuration, then run
+/// on a listener until a shutdown future completes.
+pub struct Node {
+    pub config: config::Config,
+    pub hub: Arc<Hub>,
+    pub push: Arc<PushService>,
+    pub engine: Engine,
+    http: Arc<HttpService>,
+}
+
+impl Node {
+    /// Wires the layers; fails on settings that cannot work (a bad key file, say).
+    pub fn new(config: config::Config) -> anyhow::Result<Node> {
+        let auth = Authenticator::new(&config.auth, config.dev_auth)?;
+        if !auth.is_configured() {
+            tracing::warn!(
+                "no client authentication configured (auth.jwt_secret or auth.jwt_public_key_file): \
+                 every client will be refused; use --dev-auth to try herald locally"
+            );
+        }
+        if config.api.keys.is_empty() && !config.dev_auth {
+            tracing::warn!("no API keys configured (api.keys): every API call will be refused");
+        }
+        let hub = Arc::new(Hub::new(config.hub.clone()));
+        let router = Arc::new(LocalRouter::new(hub.clone()));
+        let push = Arc::new(PushService::new(config.push(), router));
+        let devices = Arc::new(Devices {
+            auth,
+            hub: hub.clone(),
+        });
+        let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
+        let engine = Engine::new(
+            config.engine(),
+            vec![(config.path.clone(), Arc::new(sio) as Arc<dyn EngineHandler>)],
         );
+        let state = ApiState {
+            push: push.clone(),
+            hub: hub.clone(),
+            keys: Arc::new(config.api.keys.clone()),
+            open: config.dev_auth,
+        };
+        let mut routes = api::routes(state);
+        if config.demo.enabled {
+            routes = routes.merge(demo::routes(&config.demo)?);
+        }
+        let http = Arc::new(HttpService::new(routes, config.api.max_body_bytes));
+        Ok(Node {
+            config,
+            hub,
+            push,
+            engine,
+            http,
+        })
     }
-    if config.api.keys.is_empty() && !config.dev_auth {
-        tracing::warn!("no API keys configured (api.keys): every API call will be refused");
+
+    /// Serves on `listener` until `shutdown` completes, then closes every session.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let demo = self
+            .config
+            .demo
+            .enabled
+            .then(|| tokio::spawn(demo::ticker(self.push.clone())));
+        transport::serve(
+            listener,
+            self.engine.clone(),
+            Some(self.http.clone() as Arc<dyn Fallback>),
+            shutdown,
+        )
+        .await;
+        if let Some(d) = demo {
+            d.abort();
+        }
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+}
+
+/// Binds the configured address and runs until SIGINT or SIGTERM.
+pub async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let node = Node::new(config)?;
+    let listener = TcpListener::bind(&node.config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {}", node.config.listen))?;
     let local = listener.local_addr().context("listener address")?;
-
-    let hub = Arc::new(Hub::new(config.hub.clone()));
-    let router = Arc::new(LocalRouter::new(hub.clone()));
-    let push = Arc::new(PushService::new(config.push(), router));
-    let devices = Arc::new(Devices {
-        auth,
-        hub: hub.clone(),
-    });
-    let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
-    let engine = Engine::new(
-        config.engine(),
-        vec![(config.path.clone(), Arc::new(sio) as Arc<dyn EngineHandler>)],
+    tracing::info!(
+        addr = %local,
+        demo = node.config.demo.enabled,
+        dev_auth = node.config.dev_auth,
+        "listening"
     );
-    let state = ApiState {
-        push: push.clone(),
-        hub: hub.clone(),
-        keys: Arc::new(config.api.keys.clone()),
-        open: config.dev_auth,
-    };
-    let mut routes = api::routes(state);
-    if config.demo.enabled {
-        routes = routes.merge(demo::routes(&config.demo)?);
-        tokio::spawn(demo::ticker(push.clone()));
-    }
-    let http = Arc::new(HttpService::new(routes, config.api.max_body_bytes));
-
-    tracing::info!(addr = %local, demo = config.demo.enabled, dev_auth = config.dev_auth, "listening");
     println!("listening on {local}");
-    transport::serve(
-        listener,
-        engine,
-        Some(http as Arc<dyn Fallback>),
-        shutdown_signal(),
-    )
-    .await;
+    node.run(listener, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

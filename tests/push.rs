@@ -1,0 +1,199 @@
+//! The push server on one node, in-process: user rooms, the push API, and what a closed
+//! connection leaves behind (nothing).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::app::config::Config;
+use herald::app::Node;
+use herald::hub::Hub;
+use herald::transport::Engine;
+use tokio::sync::oneshot;
+
+mod common;
+use common::{http, Ws, WAIT};
+
+struct Running {
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+    engine: Engine,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(configure: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config {
+        dev_auth: true,
+        ..Config::default()
+    };
+    configure(&mut config);
+    let node = Node::new(config).unwrap();
+    let (hub, engine) = (node.hub.clone(), node.engine.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(node.run(listener, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        hub,
+        engine,
+        _stop: stop,
+    }
+}
+
+/// A v4 (socket.io-client 4.x) connection of `user`, in development mode.
+async fn device_v4(addr: SocketAddr, user: &str) -> Ws {
+    let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    ws.send_text(&format!("40{{\"userId\":\"{user}\"}}")).await;
+    let ack = ws.text().await;
+    assert!(ack.starts_with("40{\"sid\""), "{ack}");
+    ws
+}
+
+/// A v3 (socket.io-client 2.x) connection of `user`: credentials in the query.
+async fn device_v3(addr: SocketAddr, user: &str) -> Ws {
+    let mut ws = Ws::connect(addr, &format!("EIO=3&transport=websocket&userId={user}")).await;
+    assert!(ws.text().await.starts_with("0{"));
+    assert_eq!(ws.text().await, "40");
+    ws
+}
+
+async fn push(addr: SocketAddr, body: &str) -> (u16, String) {
+    let req = format!(
+        "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(addr, req.as_bytes()).await
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_push_reaches_every_device_of_its_user_only() {
+    let node = start(|_| {}).await;
+    let mut phone = device_v4(node.addr, "alice").await;
+    let mut laptop = device_v3(node.addr, "alice").await;
+    let mut other = device_v4(node.addr, "bob").await;
+    assert_eq!(node.hub.connections("alice"), 2);
+
+    let (status, body) = push(
+        node.addr,
+        r#"{"to":{"users":["alice"]},"event":"note","data":{"text":"hi"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["connections"], 2);
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let ts = answer["ts"].as_u64().unwrap();
+    let expected = format!(r#"42["note",{{"text":"hi"}},{{"id":"{id}","ts":{ts}}}]"#);
+    assert_eq!(phone.text().await, expected);
+    assert_eq!(laptop.text().await, expected);
+
+    // Bob got nothing: his first event is the broadcast that follows.
+    let (status, _) = push(node.addr, r#"{"to":{"all":true},"event":"all","data":1}"#).await;
+    assert_eq!(status, 200);
+    assert!(other.text().await.starts_with(r#"42["all",1,"#));
+    assert!(phone.text().await.starts_with(r#"42["all",1,"#));
+    assert!(laptop.text().await.starts_with(r#"42["all",1,"#));
+}
+
+#[tokio::test]
+async fn per_user_connection_limit_refuses_at_connect() {
+    let node = start(|c| c.hub.max_connections_per_user = 2).await;
+    let _a = device_v4(node.addr, "carol").await;
+    let _b = device_v4(node.addr, "carol").await;
+    let mut c = Ws::connect(node.addr, "EIO=4&transport=websocket").await;
+    assert!(c.text().await.starts_with("0{"));
+    c.send_text(r#"40{"userId":"carol"}"#).await;
+    assert_eq!(
+        c.text().await,
+        r#"44{"message":"too many connections for this user"}"#
+    );
+    assert_eq!(node.hub.connections("carol"), 2);
+}
+
+#[tokio::test]
+async fn unauthenticated_clients_are_refused_with_a_reason() {
+    let node = start(|c| {
+        c.dev_auth = false;
+        c.auth.jwt_secret = "secret".into();
+    })
+    .await;
+    let mut ws = Ws::connect(node.addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    ws.send_text(r#"40{"userId":"mallory"}"#).await;
+    assert_eq!(
+        ws.text().await,
+        r#"44{"message":"unauthorized: missing token"}"#
+    );
+    ws.send_text(r#"40{"token":"not.a.jwt"}"#).await;
+    assert_eq!(
+        ws.text().await,
+        r#"44{"message":"unauthorized: invalid token"}"#
+    );
+    assert_eq!(node.hub.users(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    let node = start(|_| {}).await;
+    // One round trip first, so the server's own tasks (listener, heartbeat) are running.
+    drop(device_v4(node.addr, "warm-up").await);
+    eventually("warm-up gone", || node.engine.sessions() == 0).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let addr = node.addr;
+    let workers: Vec<_> = (0..32)
+        .map(|w| {
+            tokio::spawn(async move {
+                for i in (w..10_000).step_by(32) {
+                    let user = format!("user{}", i % 500);
+                    let mut ws = if i % 2 == 0 {
+                        device_v4(addr, &user).await
+                    } else {
+                        device_v3(addr, &user).await
+                    };
+                    match i % 3 {
+                        // Vanish without a word.
+                        0 => drop(ws),
+                        // A clean WebSocket close.
+                        1 => {
+                            ws.send_raw(&common::masked(8, true, &[0x03, 0xE8])).await;
+                            let _ = ws.close_code().await;
+                        }
+                        // Leave the namespace, then close the Engine.IO session.
+                        _ => {
+                            ws.send_text("41").await;
+                            ws.send_text("1").await;
+                            let _ = ws.close_code().await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    eventually("rooms empty", || {
+        node.hub.users() == 0 && node.hub.sockets() == 0
+    })
+    .await;
+    eventually("sessions gone", || node.engine.sessions() == 0).await;
+    eventually("tasks back to where they were", || {
+        metrics.num_alive_tasks() <= tasks_before
+    })
+    .await;
+    assert_eq!(node.engine.metrics().sessions_opened.get(), 10_001);
+    assert_eq!(node.engine.metrics().sessions_closed.get(), 10_001);
+}
