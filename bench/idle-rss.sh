@@ -13,7 +13,7 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 echo "| connections | server RSS before (KiB) | after (KiB) | per connection (bytes) |"
 echo "|---|---|---|---|"
 for n in "${counts[@]}"; do
-  ./target/release/herald --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+  ./target/release/herald --dev-auth --listen "127.0.0.1:$port" >/dev/null 2>&1 &
   server=$!
   # Wait for the port.
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
@@ -22,7 +22,7 @@ for n in "${counts[@]}"; do
   before=$(rss "$server")
   sources=127.0.0.1,127.0.0.2,127.0.0.3
   taskset -c 1 ./target/release/herald-bench idle --target "127.0.0.1:$port" --connections "$n" \
-    --sources "$sources" --hold-secs 600 >/tmp/herald-idle.out 2>&1 &
+    --sources "$sources" --hold-secs 600 --user-prefix u >/tmp/herald-idle.out 2>&1 &
   bench=$!
   until grep -q connected /tmp/herald-idle.out 2>/dev/null; do
     kill -0 "$bench" 2>/dev/null || { cat /tmp/herald-idle.out; exit 1; }

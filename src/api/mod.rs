@@ -70,6 +70,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("no such endpoint")]
     NotFound,
+    #[error("method not allowed for this endpoint")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
 }
@@ -84,6 +86,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         }
     }
@@ -182,6 +185,10 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// The API routes (under `/api/v1`).
 pub fn routes(state: ApiState) -> axum::Router {
     let body_limit = axum::extract::DefaultBodyLimit::disable();
@@ -190,6 +197,7 @@ pub fn routes(state: ApiState) -> axum::Router {
         .route("/api/v1/users/{id}/presence", get(presence))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
         .with_state(state)
 }

@@ -125,17 +125,19 @@ const PAGE: &str = r#"<!doctype html>
 <p id="xy">x=.., y=..</p>
 <script src="{{CLIENT_SRC}}"></script>
 <script>
+(function () {
   // Development mode takes a user id unverified; a real page passes a JWT as auth.token.
   var userId = "demo-" + Math.random().toString(36).slice(2, 10);
   var socket = io(location.origin, { auth: { userId: userId }, query: { userId: userId } });
-  var status = document.getElementById("status");
-  socket.on("connect", function () { status.textContent = "connected as " + userId; });
-  socket.on("disconnect", function () { status.textContent = "disconnected"; });
-  socket.on("connect_error", function (e) { status.textContent = "error: " + e.message; });
-  socket.on("error", function (e) { status.textContent = "error: " + e; });
+  var statusLine = document.getElementById("status");
+  socket.on("connect", function () { statusLine.textContent = "connected as " + userId; });
+  socket.on("disconnect", function () { statusLine.textContent = "disconnected"; });
+  socket.on("connect_error", function (e) { statusLine.textContent = "error: " + e.message; });
+  socket.on("error", function (e) { statusLine.textContent = "error: " + e; });
   socket.on("hello", function (data) {
     document.getElementById("xy").textContent = "x=" + data.x + ", y=" + data.y;
   });
+})();
 </script>
 </body>
 </html>

@@ -267,10 +267,11 @@ impl Socket {
         }
     }
 
-    /// Closes the whole underlying connection at once (the client sees a transport
-    /// close and reconnects).
+    /// Closes the whole underlying connection after what is queued has been sent (the
+    /// client sees a transport close and reconnects). A polling client gets a close
+    /// packet on its next request rather than an unknown session.
     pub fn close_transport(&self) {
-        self.0.session.close(CloseReason::ServerClose);
+        self.0.session.disconnect();
     }
 
     fn take_ack(&self, id: u64) -> Option<AckFn> {

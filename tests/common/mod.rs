@@ -202,4 +202,3 @@ pub async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 pub fn get(path_query: &str) -> Vec<u8> {
     format!("GET {path_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
 }
-

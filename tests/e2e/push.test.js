@@ -322,6 +322,22 @@ describe("HTTP API", () => {
     assertApiError(await call(s, "POST", "/api/v1/pushes", good, KEY), 404, "unknown path (POST)");
   });
 
+  it("answers a wrong method under /api/v1 with 405 and the error shape", TEST, async () => {
+    const s = await jwtServer();
+    assertApiError(await call(s, "GET", "/api/v1/push", undefined, KEY), 405, "GET on the push endpoint");
+    assertApiError(await call(s, "POST", "/api/v1/users/a/presence", {}, KEY), 405, "POST on presence");
+  });
+
+  it("accepts the optional volatile and idempotencyKey fields", TEST, async () => {
+    const s = await jwtServer();
+    const log = new EventLog(await pool.connect("v4", s.url, { token: token("opt") }), ["opt"]);
+    // A volatile push may be dropped by design; only its acceptance is checked.
+    await push(s, { to: { users: ["opt"] }, event: "opt", data: "v", volatile: true });
+    const r = await push(s, { to: { users: ["opt"] }, event: "opt", data: "i", idempotencyKey: "opt-key-1" });
+    const got = await waitUntil("the idempotencyKey push", () => log.of("opt"), (l) => l.some((e) => e.args[0] === "i"));
+    assertDelivery(got.find((e) => e.args[0] === "i").args, "i", r.id, "push with idempotencyKey");
+  });
+
   it("a push to an unknown user answers 200 and reaches nobody", TEST, async () => {
     const s = await jwtServer();
     const sock = await pool.connect("v4", s.url, { token: token("known") });

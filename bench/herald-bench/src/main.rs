@@ -48,6 +48,12 @@ enum Scenario {
         /// Seconds to hold the connections (0: until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         hold_secs: u64,
+        /// Connect as users `<prefix><n>` (development-mode `userId`); empty: no user.
+        #[arg(long, default_value = "")]
+        user_prefix: String,
+        /// Distinct users the connections are spread over (0: one user per connection).
+        #[arg(long, default_value_t = 0)]
+        users: usize,
     },
 }
 
@@ -62,27 +68,64 @@ async fn main() -> anyhow::Result<()> {
             eio,
             concurrency,
             hold_secs,
+            user_prefix,
+            users,
         } => {
-            idle(
+            let spec = Spec {
                 target,
-                &path,
-                connections,
-                &sources,
+                path,
                 eio,
-                concurrency,
-                hold_secs,
-            )
-            .await
+                user_prefix,
+                users,
+            };
+            idle(&spec, connections, &sources, concurrency, hold_secs).await
         }
     }
 }
 
-async fn idle(
+/// How to reach the server and who to connect as.
+struct Spec {
     target: SocketAddr,
-    path: &str,
+    path: String,
+    eio: u8,
+    user_prefix: String,
+    users: usize,
+}
+
+impl Spec {
+    fn user(&self, i: usize) -> Option<String> {
+        if self.user_prefix.is_empty() {
+            return None;
+        }
+        let n = if self.users == 0 { i } else { i % self.users };
+        Some(format!("{}{n}", self.user_prefix))
+    }
+
+    /// The upgrade request; v3 clients carry the user in the query.
+    fn request(&self, user: Option<&str>) -> String {
+        let (path, eio, target) = (&self.path, self.eio, self.target);
+        let user = match (self.eio, user) {
+            (3, Some(u)) => format!("&userId={u}"),
+            _ => String::new(),
+        };
+        format!(
+            "GET {path}?EIO={eio}&transport=websocket{user} HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    }
+
+    /// The namespace CONNECT a v4 client sends; v3 clients are connected implicitly.
+    fn connect(&self, user: Option<&str>) -> Option<String> {
+        (self.eio == 4).then(|| match user {
+            Some(u) => format!("40{{\"userId\":\"{u}\"}}"),
+            None => "40".to_owned(),
+        })
+    }
+}
+
+async fn idle(
+    spec: &Spec,
     n: usize,
     sources: &[IpAddr],
-    eio: u8,
     concurrency: usize,
     hold_secs: u64,
 ) -> anyhow::Result<()> {
@@ -90,15 +133,16 @@ async fn idle(
     let connected = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(concurrency));
-    let request = Arc::new(format!(
-        "GET {path}?EIO={eio}&transport=websocket HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ));
+    let target = spec.target;
     for i in 0..n {
         let source = sources[i % sources.len()];
         let permit = gate.clone().acquire_owned().await?;
-        let (connected, failed, request) = (connected.clone(), failed.clone(), request.clone());
+        let (connected, failed) = (connected.clone(), failed.clone());
+        let user = spec.user(i);
+        let request = spec.request(user.as_deref());
+        let connect = spec.connect(user.as_deref());
         tokio::spawn(async move {
-            match handshake(target, source, &request, eio).await {
+            match handshake(target, source, &request, connect.as_deref()).await {
                 Ok(stream) => {
                     connected.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
@@ -138,7 +182,7 @@ async fn handshake(
     target: SocketAddr,
     source: IpAddr,
     request: &str,
-    eio: u8,
+    connect: Option<&str>,
 ) -> anyhow::Result<TcpStream> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()?
@@ -164,8 +208,8 @@ async fn handshake(
     if !open.starts_with('0') {
         bail!("expected open packet, got {open}");
     }
-    if eio == 4 {
-        send_text(&mut stream, "40").await?;
+    if let Some(c) = connect {
+        send_text(&mut stream, c).await?;
     }
     let connect = next_text(&mut stream, &mut buf).await?;
     if !connect.starts_with("40") {
@@ -240,6 +284,7 @@ fn frame_len(b: &[u8]) -> Option<usize> {
 
 async fn send_text(stream: &mut TcpStream, text: &str) -> anyhow::Result<()> {
     let mask = [0x37, 0xFA, 0x21, 0x3D];
+    assert!(text.len() < 126, "short control texts only");
     let mut frame = vec![0x81, 0x80 | text.len() as u8];
     frame.extend_from_slice(&mask);
     frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i & 3]));

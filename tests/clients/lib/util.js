@@ -33,7 +33,7 @@ const pending = new Set();
  * (use them to detach listeners).
  */
 export function withDeadline(what, ms, executor) {
-  return new Promise((resolve, reject) => {
+  const promise = new Promise((resolve, reject) => {
     const cleanups = [];
     let settled = false;
     const done = () => {
@@ -54,6 +54,11 @@ export function withDeadline(what, ms, executor) {
       (fn) => cleanups.push(fn),
     );
   });
+  // Tests often set up several waits before awaiting them one by one; if an
+  // earlier one fails, the later ones must not surface as unhandled
+  // rejections. Awaiting the returned promise still sees the rejection.
+  promise.catch(() => {});
+  return promise;
 }
 
 /**
@@ -78,9 +83,10 @@ export function waitFor(emitter, event, ms = WAIT_MS, what = `"${event}"`) {
 }
 
 /** Like waitFor, but resolves with the first argument only. */
-export async function waitFor1(emitter, event, ms = WAIT_MS, what = undefined) {
-  const [first] = await waitFor(emitter, event, ms, what);
-  return first;
+export function waitFor1(emitter, event, ms = WAIT_MS, what = undefined) {
+  const promise = waitFor(emitter, event, ms, what).then((args) => args[0]);
+  promise.catch(() => {});
+  return promise;
 }
 
 /**
@@ -98,7 +104,7 @@ export function emitWithAck(socket, event, args, ms = WAIT_MS) {
  * check that something does NOT happen (e.g. no automatic reconnection).
  */
 export function expectNo(emitter, event, ms) {
-  return new Promise((resolve, reject) => {
+  const promise = new Promise((resolve, reject) => {
     let finished = false;
     const finish = () => {
       if (finished) return false;
@@ -113,6 +119,8 @@ export function expectNo(emitter, event, ms) {
     pending.add(finish);
     emitter.on(event, handler);
   });
+  promise.catch(() => {});
+  return promise;
 }
 
 /**
