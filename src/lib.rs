@@ -6,6 +6,7 @@
 //! - [`protocol`]: Socket.IO v4/v5 packets, namespaces, acks, binary attachments;
 //! - [`hub`]: the node's live state, user rooms; the only writer of pushes to sockets;
 //! - [`router`]: takes an accepted message to the nodes holding its users;
+//! - [`store`]: the durable inbox (SQLite embedded, PostgreSQL for clusters);
 //! - [`push`]: validates and stamps pushes;
 //! - [`auth`]: who a connecting client is (JWT, or development mode);
 //! - [`api`]: the HTTP API for backends;
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod protocol;
 pub mod push;
 pub mod router;
+pub mod store;
 pub mod transport;
 
 #[doc(hidden)]

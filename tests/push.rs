@@ -26,8 +26,9 @@ async fn start(configure: impl FnOnce(&mut Config)) -> Running {
         dev_auth: true,
         ..Config::default()
     };
+    config.store.url = "sqlite::memory:".into();
     configure(&mut config);
-    let node = Node::new(config).unwrap();
+    let node = Node::new(config).await.unwrap();
     let (hub, engine) = (node.hub.clone(), node.engine.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -87,7 +88,7 @@ async fn a_push_reaches_every_device_of_its_user_only() {
 
     let (status, body) = push(
         node.addr,
-        r#"{"to":{"users":["alice"]},"event":"note","data":{"text":"hi"}}"#,
+        r#"{"to":{"users":["alice"]},"event":"note","data":{"text":"hi"},"volatile":true}"#,
     )
     .await;
     assert_eq!(status, 200, "{body}");

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Request, State};
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +20,7 @@ use tower::ServiceExt;
 
 use crate::hub::Hub;
 use crate::push::{PushError, PushRequest, PushService};
+use crate::store::{Store, StoreError};
 use crate::transport::Fallback;
 
 /// API settings (`[api]` in the config file).
@@ -51,6 +54,7 @@ impl Default for ApiConfig {
 pub struct ApiState {
     pub push: Arc<PushService>,
     pub hub: Arc<Hub>,
+    pub store: Store,
     /// Accepted bearer keys; empty with `open` means no key is needed.
     pub keys: Arc<Vec<String>>,
     /// No key needed (development mode on loopback with no keys configured).
@@ -68,12 +72,14 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("no such endpoint")]
+    #[error("not found")]
     NotFound,
     #[error("method not allowed for this endpoint")]
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    #[error("the message store is unavailable; retry later")]
+    Unavailable,
 }
 
 impl ApiError {
@@ -88,6 +94,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -105,6 +112,19 @@ impl From<PushError> for ApiError {
         match e {
             PushError::Invalid(m) => ApiError::BadRequest(m),
             PushError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
+            PushError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
+            other => {
+                tracing::warn!(error = %other, "store unavailable");
+                ApiError::Unavailable
+            }
         }
     }
 }
@@ -161,7 +181,77 @@ async fn push(
     ApiJson(req): ApiJson<PushRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(state.push.push(req)?))
+    Ok(Json(state.push.push(req).await?))
+}
+
+/// A query parameter that must be a whole number from 0 up, if present.
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "{name} must be a whole number from 0 up, got `{v}`"
+                ))
+            })
+        })
+        .transpose()
+}
+
+async fn messages(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let after = number(&q, "after")?.unwrap_or(0);
+    let limit = number(&q, "limit")?.unwrap_or(100);
+    if limit == 0 {
+        return Err(ApiError::BadRequest("limit must be at least 1".into()));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let page = state.store.messages(&user, after, limit).await?;
+    Ok(Json(serde_json::json!({ "messages": page })))
+}
+
+async fn unread(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.store.unread(&user).await?))
+}
+
+/// `POST /users/{id}/read` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ReadRequest {
+    up_to: u64,
+}
+
+async fn read(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<ReadRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let up_to = state.store.mark_read(&user, req.up_to).await?;
+    state.hub.read_up_to(&user, up_to, None);
+    Ok(Json(serde_json::json!({ "upTo": up_to })))
+}
+
+async fn message(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    match state.store.message_state(&id).await? {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::NotFound),
+    }
 }
 
 async fn presence(
@@ -195,6 +285,10 @@ pub fn routes(state: ApiState) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/push", post(push))
         .route("/api/v1/users/{id}/presence", get(presence))
+        .route("/api/v1/users/{id}/messages", get(messages))
+        .route("/api/v1/users/{id}/unread", get(unread))
+        .route("/api/v1/users/{id}/read", post(read))
+        .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

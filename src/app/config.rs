@@ -14,6 +14,7 @@ use crate::auth::AuthConfig;
 use crate::hub::HubConfig;
 use crate::protocol::SocketIoConfig;
 use crate::push::PushConfig;
+use crate::store::StoreConfig;
 use crate::transport::{EngineConfig, OverflowPolicy};
 
 /// herald: a real-time push server speaking Socket.IO.
@@ -50,6 +51,9 @@ pub struct Flags {
     /// Run the demo: a ticker pushing `hello` {x, y} every second, and a page at /demo.
     #[arg(long, global = true)]
     pub demo: bool,
+    /// Directory of the embedded message store [default: ./herald-data].
+    #[arg(long, global = true)]
+    pub data_dir: Option<String>,
 }
 
 /// Transport settings (`[transport]`).
@@ -153,6 +157,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub hub: HubConfig,
+    pub store: StoreConfig,
     pub demo: DemoSection,
 }
 
@@ -167,6 +172,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
             hub: HubConfig::default(),
+            store: StoreConfig::default(),
             demo: DemoSection::default(),
         }
     }
@@ -214,6 +220,9 @@ impl Config {
             config.listen = l.clone();
         }
         config.dev_auth |= flags.dev_auth;
+        if let Some(d) = &flags.data_dir {
+            config.store.data_dir = d.clone();
+        }
         config.demo.enabled |= flags.demo;
         config.validate()?;
         Ok(config)
@@ -243,6 +252,20 @@ impl Config {
         if self.api.max_body_bytes == 0 || self.hub.max_connections_per_user == 0 {
             bail!("api.max_body_bytes and hub.max_connections_per_user must be positive");
         }
+        let url = &self.store.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            bail!("store.url must be postgres://…, sqlite:PATH or empty, got `{url}`");
+        }
+        if self.store.max_batch == 0 || self.store.max_page == 0 {
+            bail!("store.max_batch and store.max_page must be positive");
+        }
+        if !matches!(self.store.sqlite_sync.as_str(), "full" | "normal") {
+            bail!("store.sqlite_sync must be `full` or `normal`");
+        }
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");
         }
@@ -252,6 +275,7 @@ impl Config {
     /// The configuration as TOML with secrets hidden.
     pub fn redacted(&self) -> anyhow::Result<String> {
         let mut c = self.clone();
+        c.store.url = redact_url(&c.store.url);
         if !c.auth.jwt_secret.is_empty() {
             c.auth.jwt_secret = "<hidden>".into();
         }
@@ -293,6 +317,20 @@ impl Config {
             idempotency_window: Duration::from_secs(self.api.idempotency_window_secs),
             ..PushConfig::default()
         }
+    }
+}
+
+/// Hides the password of a `scheme://user:password@host/…` URL.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<hidden>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -367,6 +405,7 @@ mod tests {
             listen: None,
             dev_auth: false,
             demo: false,
+            data_dir: None,
         }
     }
 
@@ -394,6 +433,7 @@ mod tests {
             env(&[
                 ("HERALD_TRANSPORT_PING_INTERVAL_MS", "2000"),
                 ("HERALD_AUTH_JWT_SECRET", "s"),
+                ("HERALD_STORE_URL", "postgres://herald:pw@db/herald"),
                 ("HERALD_LOG", "debug"),
             ]),
         )
@@ -407,6 +447,16 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:5000");
         let shown = c.redacted().unwrap();
         assert!(!shown.contains("file-key"), "{shown}");
+        let c = Config::load(
+            &f,
+            env(&[("HERALD_STORE_URL", "postgres://herald:pw@db/herald")]),
+        )
+        .unwrap();
+        let shown = c.redacted().unwrap();
+        assert!(
+            shown.contains("postgres://herald:<hidden>@db/herald"),
+            "{shown}"
+        );
     }
 
     #[test]

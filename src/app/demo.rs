@@ -38,7 +38,7 @@ pub async fn ticker(push: Arc<PushService>) {
             volatile: Some(true),
             idempotency_key: None,
         };
-        if let Err(e) = push.push(req) {
+        if let Err(e) = push.push(req).await {
             tracing::warn!(error = %e, "demo push failed");
         }
     }

@@ -1,4 +1,5 @@
-//! The binary's edge: configuration, wiring the layers together, signals, shutdown.
+//! The binary's edge: configuration, wiring the layers together, signals, shutdown; and
+//! the root namespace's behaviour (auth, rooms, resume, acks, read state).
 
 pub mod config;
 mod demo;
@@ -11,19 +12,76 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, HttpService};
 use crate::auth::Authenticator;
-use crate::hub::Hub;
-use crate::protocol::{ConnectError, DisconnectReason, Handler, Handshake, Socket, SocketIo};
-use crate::push::PushService;
-use crate::router::LocalRouter;
+use crate::hub::{Hub, ReplayEnd};
+use crate::protocol::{
+    Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket, SocketIo,
+};
+use crate::push::{self, PushService};
+use crate::router::{LocalRouter, Router};
+use crate::store::Store;
 use crate::transport::{self, Engine, EngineHandler, Fallback};
 
-/// The user a socket belongs to, attached at connect.
-struct UserId(String);
+/// Longest device id accepted.
+const MAX_DEVICE_ID: usize = 128;
+
+/// Who a socket is, attached at connect.
+struct Client {
+    user: String,
+    device: Option<String>,
+}
+
+/// Where a connecting client asked to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resume {
+    /// Live messages only.
+    Live,
+    /// Every stored message after this seq, then live ones.
+    Since(u64),
+    /// After the last seq this device acknowledged (live only for a new device).
+    Device,
+}
 
 /// The root namespace: every socket joins its user's room in the hub.
 struct Devices {
     auth: Authenticator,
     hub: Arc<Hub>,
+    store: Store,
+}
+
+/// A credential from the `auth` object (v5 clients), else the query (v4 clients).
+fn param(hs: &Handshake<'_>, name: &str) -> Option<String> {
+    hs.auth
+        .and_then(|a| {
+            let v: serde_json::Value = serde_json::from_str(a).ok()?;
+            match v.get(name)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                other => Some(other.to_string()),
+            }
+        })
+        .or_else(|| hs.query_param(name))
+}
+
+fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectError> {
+    let device = param(hs, "deviceId").filter(|d| !d.is_empty());
+    if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_ID) {
+        return Err(ConnectError::new(
+            "invalid deviceId: longer than 128 characters",
+        ));
+    }
+    let resume = match param(hs, "since") {
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) => Resume::Since(n),
+            Err(_) => {
+                return Err(ConnectError::new(format!(
+                    "invalid since: expected a whole number from 0 up, got `{s}`"
+                )))
+            }
+        },
+        None if device.is_some() => Resume::Device,
+        None => Resume::Live,
+    };
+    Ok((resume, device))
 }
 
 impl Handler for Devices {
@@ -32,18 +90,134 @@ impl Handler for Devices {
             .auth
             .user(hs)
             .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
+        let (resume, device) = resume_of(hs)?;
         self.hub
-            .join(&user, socket)
+            .join(&user, socket, resume != Resume::Live)
             .map_err(|e| ConnectError::new(e.to_string()))?;
-        tracing::debug!(user = %user, socket = %socket.id(), "connected");
-        socket.set_data(UserId(user));
+        tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
+        socket.set_data(Client { user, device });
         Ok(())
     }
 
+    fn on_connect(&self, socket: &Socket, hs: &Handshake<'_>) {
+        let Ok((resume, _)) = resume_of(hs) else {
+            return;
+        };
+        if resume == Resume::Live {
+            return;
+        }
+        let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());
+        tokio::spawn(async move { replay(hub, store, socket, resume).await });
+    }
+
+    fn on_event(&self, socket: &Socket, event: Event) {
+        if event.name != "read" {
+            return;
+        }
+        let Some(client) = socket.data::<Client>() else {
+            return;
+        };
+        let up_to = event
+            .args
+            .parse::<Vec<serde_json::Value>>()
+            .ok()
+            .and_then(|a| {
+                a.first()
+                    .and_then(|v| v.get("upTo"))
+                    .and_then(|v| v.as_u64())
+            });
+        let Some(up_to) = up_to else {
+            if let Some(id) = event.ack {
+                let error = serde_json::json!({"error": "read needs {upTo: seq}, a whole number"});
+                let _ = socket.ack(id, &Args::one(&error));
+            }
+            return;
+        };
+        let (hub, store, socket, user) = (
+            self.hub.clone(),
+            self.store.clone(),
+            socket.clone(),
+            client.user.clone(),
+        );
+        tokio::spawn(async move {
+            let reply = match store.mark_read(&user, up_to).await {
+                Ok(stored) => {
+                    hub.read_up_to(&user, stored, Some(&socket));
+                    serde_json::json!({"upTo": stored})
+                }
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
+            if let Some(id) = event.ack {
+                let _ = socket.ack(id, &Args::one(&reply));
+            }
+        });
+    }
+
+    fn on_ack(&self, socket: &Socket, seq: u64, _args: Args) {
+        let Some(client) = socket.data::<Client>() else {
+            return;
+        };
+        // Only what this connection was actually sent can be acknowledged.
+        if self.hub.was_sent(&client.user, socket, seq) {
+            self.store
+                .mark_delivered(&client.user, seq, client.device.as_deref());
+        }
+    }
+
     fn on_disconnect(&self, socket: &Socket, reason: DisconnectReason) {
-        if let Some(UserId(user)) = socket.data::<UserId>() {
-            self.hub.leave(user, socket);
-            tracing::debug!(user = %user, socket = %socket.id(), reason = reason.as_str(), "disconnected");
+        if let Some(client) = socket.data::<Client>() {
+            self.hub.leave(&client.user, socket);
+            tracing::debug!(user = %client.user, socket = %socket.id(), reason = reason.as_str(), "disconnected");
+        }
+    }
+}
+
+/// Replays stored messages to a resuming socket, page by page, then makes it live. Live
+/// stored messages that arrive meanwhile are held by the hub and sent after, so the
+/// client sees every seq once, in order.
+async fn replay(hub: Arc<Hub>, store: Store, socket: Socket, resume: Resume) {
+    let Some(client) = socket.data::<Client>() else {
+        return;
+    };
+    let user = client.user.as_str();
+    let mut after = match resume {
+        Resume::Since(n) => n,
+        Resume::Device => {
+            let device = client.device.as_deref().unwrap_or_default();
+            match store.device_acked(user, device).await {
+                Ok(Some(n)) => n,
+                // A device seen for the first time starts live.
+                Ok(None) => match store.unread(user).await {
+                    Ok(u) => u.last_seq,
+                    Err(_) => return socket.close_transport(),
+                },
+                Err(_) => return socket.close_transport(),
+            }
+        }
+        Resume::Live => return,
+    };
+    let page = store.config().max_page.min(500);
+    loop {
+        let msgs = match store.messages(user, after, page).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The client reconnects and resumes again; nothing is skipped.
+                tracing::warn!(user, error = %e, "replay failed");
+                return socket.close_transport();
+            }
+        };
+        if !hub.replay_page(user, &socket, &msgs) {
+            return;
+        }
+        if let Some(last) = msgs.last() {
+            after = last.seq;
+        }
+        if msgs.len() == page {
+            continue;
+        }
+        match hub.finish_replay(user, &socket) {
+            ReplayEnd::Live | ReplayEnd::Gone => return,
+            ReplayEnd::ReadOn(seq) => after = seq,
         }
     }
 }
@@ -54,13 +228,14 @@ pub struct Node {
     pub config: config::Config,
     pub hub: Arc<Hub>,
     pub push: Arc<PushService>,
+    pub store: Store,
     pub engine: Engine,
     http: Arc<HttpService>,
 }
 
 impl Node {
-    /// Wires the layers; fails on settings that cannot work (a bad key file, say).
-    pub fn new(config: config::Config) -> anyhow::Result<Node> {
+    /// Wires the layers and opens the store; fails on settings that cannot work.
+    pub async fn new(config: config::Config) -> anyhow::Result<Node> {
         let auth = Authenticator::new(&config.auth, config.dev_auth)?;
         if !auth.is_configured() {
             tracing::warn!(
@@ -72,11 +247,22 @@ impl Node {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }
         let hub = Arc::new(Hub::new(config.hub.clone()));
-        let router = Arc::new(LocalRouter::new(hub.clone()));
-        let push = Arc::new(PushService::new(config.push(), router));
+        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub.clone()));
+        let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
+        let store = Store::open(config.store.clone(), committed)
+            .await
+            .context("cannot open the message store")?;
+        tokio::spawn(push::dispatch(to_dispatch, router.clone()));
+        tokio::spawn(
+            store
+                .clone()
+                .sweeper(config.api.idempotency_window_secs.saturating_mul(1000)),
+        );
+        let push = Arc::new(PushService::new(config.push(), router, store.clone()));
         let devices = Arc::new(Devices {
             auth,
             hub: hub.clone(),
+            store: store.clone(),
         });
         let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
         let engine = Engine::new(
@@ -86,6 +272,7 @@ impl Node {
         let state = ApiState {
             push: push.clone(),
             hub: hub.clone(),
+            store: store.clone(),
             keys: Arc::new(config.api.keys.clone()),
             open: config.dev_auth,
         };
@@ -98,6 +285,7 @@ impl Node {
             config,
             hub,
             push,
+            store,
             engine,
             http,
         })
@@ -125,7 +313,7 @@ impl Node {
 
 /// Binds the configured address and runs until SIGINT or SIGTERM.
 pub async fn serve(config: config::Config) -> anyhow::Result<()> {
-    let node = Node::new(config)?;
+    let node = Node::new(config).await?;
     let listener = TcpListener::bind(&node.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", node.config.listen))?;

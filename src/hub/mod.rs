@@ -20,12 +20,17 @@ pub struct HubConfig {
     /// Largest number of simultaneous connections of one user; more are refused at
     /// connect. Default 64.
     pub max_connections_per_user: usize,
+    /// Live messages held for a connection while it replays stored ones; past this the
+    /// held ones are dropped and the replay reads them from the store instead.
+    /// Default 1024.
+    pub max_replay_buffer: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             max_connections_per_user: 64,
+            max_replay_buffer: 1024,
         }
     }
 }
@@ -33,7 +38,11 @@ impl Default for HubConfig {
 /// Whom a message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// Live only, to these users.
     Users(Vec<String>),
+    /// Stored: each user's copy with its sequence number.
+    Stored(Vec<(String, u64)>),
+    /// Live only, to every connection.
     All,
 }
 
@@ -49,12 +58,55 @@ pub struct Message {
 }
 
 impl Message {
-    /// The Socket.IO packets every recipient gets: `event(data, {id, ts})`.
+    /// The packets of a live message: `event(data, {id, ts})`, the same for everyone.
     pub fn encode(&self) -> Vec<Outbound> {
         let meta = serde_json::json!({"id": self.id, "ts": self.ts});
         let args = format!("[{},{}]", self.data.get(), meta);
         packet::encode_event("/", &self.event, &Args::from_raw(args, Vec::new()), None)
     }
+
+    /// The packets of a stored message for the user whose copy has `seq`:
+    /// `event(data, {id, seq, ts})`, asking for an ack whose id is the seq, so that all
+    /// of one user's devices share the same bytes.
+    pub fn encode_stored(&self, seq: u64) -> Vec<Outbound> {
+        encode_stored(&self.id, seq, self.ts, &self.event, self.data.get())
+    }
+}
+
+/// The packets of one stored copy (see [`Message::encode_stored`]).
+pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Vec<Outbound> {
+    let meta = serde_json::json!({"id": id, "seq": seq, "ts": ts});
+    let args = format!("[{data},{meta}]");
+    packet::encode_event("/", event, &Args::from_raw(args, Vec::new()), Some(seq))
+}
+
+/// One connection in a user's room.
+struct Member {
+    socket: Socket,
+    /// Highest stored seq queued to this connection; stored messages at or below it are
+    /// not sent again.
+    last_seq: u64,
+    /// Set while the connection replays stored messages: live stored messages wait here.
+    replay: Option<Box<Replay>>,
+}
+
+/// Live stored messages held during a replay.
+#[derive(Default)]
+struct Replay {
+    held: Vec<(u64, Vec<Outbound>)>,
+    /// More arrived than the buffer holds; the replay must read on from the store.
+    overflowed: bool,
+}
+
+/// What a replay should do after [`Hub::finish_replay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayEnd {
+    /// The connection is live.
+    Live,
+    /// Live messages overflowed the buffer: read on from the store after this seq.
+    ReadOn(u64),
+    /// The connection has gone.
+    Gone,
 }
 
 /// Why a socket could not join its user's room.
@@ -76,7 +128,7 @@ pub struct HubMetrics {
 const SHARDS: usize = 32;
 
 /// One shard of the user index.
-type Shard = Mutex<HashMap<Arc<str>, Vec<Socket>>>;
+type Shard = Mutex<HashMap<Arc<str>, Vec<Member>>>;
 
 /// The user index: user id → that user's sockets on this node.
 pub struct Hub {
@@ -106,15 +158,21 @@ impl Hub {
     }
 
     /// Adds a socket to its user's room, unless the user is at the connection limit.
-    pub fn join(&self, user: &str, socket: &Socket) -> Result<(), JoinError> {
+    /// A `resuming` socket holds live stored messages until its replay finishes.
+    pub fn join(&self, user: &str, socket: &Socket, resuming: bool) -> Result<(), JoinError> {
+        let member = Member {
+            socket: socket.clone(),
+            last_seq: 0,
+            replay: resuming.then(Box::default),
+        };
         let mut shard = self.shard(user).lock();
-        if let Some(sockets) = shard.get_mut(user) {
-            if sockets.len() >= self.config.max_connections_per_user {
+        if let Some(members) = shard.get_mut(user) {
+            if members.len() >= self.config.max_connections_per_user {
                 return Err(JoinError::TooManyConnections);
             }
-            sockets.push(socket.clone());
+            members.push(member);
         } else {
-            shard.insert(Arc::from(user), vec![socket.clone()]);
+            shard.insert(Arc::from(user), vec![member]);
         }
         Ok(())
     }
@@ -122,9 +180,9 @@ impl Hub {
     /// Removes a socket from its user's room; the room goes when it is empty.
     pub fn leave(&self, user: &str, socket: &Socket) {
         let mut shard = self.shard(user).lock();
-        if let Some(sockets) = shard.get_mut(user) {
-            sockets.retain(|s| s != socket);
-            if sockets.is_empty() {
+        if let Some(members) = shard.get_mut(user) {
+            members.retain(|m| &m.socket != socket);
+            if members.is_empty() {
                 shard.remove(user);
             }
         }
@@ -149,24 +207,38 @@ impl Hub {
     }
 
     /// Queues a message for every local connection of its target; returns how many
-    /// connections it was queued to.
+    /// connections it was queued to (or held for, during a replay).
     pub fn deliver(&self, msg: &Message) -> usize {
-        let packets = msg.encode();
         let mut queued = 0;
         match &msg.target {
             Target::Users(users) => {
+                let packets = msg.encode();
                 for user in users {
                     let shard = self.shard(user).lock();
-                    if let Some(sockets) = shard.get(user.as_str()) {
-                        queued += self.send(sockets, &packets);
+                    if let Some(members) = shard.get(user.as_str()) {
+                        queued += self.send(members.iter().map(|m| &m.socket), &packets);
                     }
                 }
             }
             Target::All => {
+                let packets = msg.encode();
                 for shard in self.shards.iter() {
                     let shard = shard.lock();
-                    for sockets in shard.values() {
-                        queued += self.send(sockets, &packets);
+                    for members in shard.values() {
+                        queued += self.send(members.iter().map(|m| &m.socket), &packets);
+                    }
+                }
+            }
+            Target::Stored(seqs) => {
+                for (user, seq) in seqs {
+                    let mut shard = self.shard(user).lock();
+                    let Some(members) = shard.get_mut(user.as_str()) else {
+                        continue;
+                    };
+                    // Encoded once per user: the ack id (the seq) differs between users.
+                    let packets = msg.encode_stored(*seq);
+                    for m in members.iter_mut() {
+                        queued += self.offer(m, *seq, &packets);
                     }
                 }
             }
@@ -174,7 +246,109 @@ impl Hub {
         queued
     }
 
-    fn send(&self, sockets: &[Socket], packets: &[Outbound]) -> usize {
+    /// Sends or holds one stored copy for one connection.
+    fn offer(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> usize {
+        if let Some(replay) = m.replay.as_mut() {
+            if replay.overflowed {
+                return 0;
+            }
+            if replay.held.len() >= self.config.max_replay_buffer {
+                replay.held = Vec::new();
+                replay.overflowed = true;
+                return 0;
+            }
+            replay.held.push((seq, packets.to_vec()));
+            return 1;
+        }
+        if seq <= m.last_seq {
+            return 0;
+        }
+        m.last_seq = seq;
+        self.send(std::iter::once(&m.socket), packets)
+    }
+
+    /// Sends a page of stored messages to a replaying connection, skipping what it
+    /// already has. Returns false if the connection has gone.
+    pub fn replay_page(
+        &self,
+        user: &str,
+        socket: &Socket,
+        page: &[crate::store::StoredMessage],
+    ) -> bool {
+        let mut shard = self.shard(user).lock();
+        let Some(m) = shard
+            .get_mut(user)
+            .and_then(|ms| ms.iter_mut().find(|m| &m.socket == socket))
+        else {
+            return false;
+        };
+        for msg in page {
+            if msg.seq <= m.last_seq {
+                continue;
+            }
+            let packets = encode_stored(&msg.id, msg.seq, msg.ts, &msg.event, msg.data.get());
+            m.last_seq = msg.seq;
+            self.send(std::iter::once(&m.socket), &packets);
+        }
+        true
+    }
+
+    /// Ends a replay: sends the held live messages the replay did not cover and makes
+    /// the connection live, unless the buffer overflowed.
+    pub fn finish_replay(&self, user: &str, socket: &Socket) -> ReplayEnd {
+        let mut shard = self.shard(user).lock();
+        let Some(m) = shard
+            .get_mut(user)
+            .and_then(|ms| ms.iter_mut().find(|m| &m.socket == socket))
+        else {
+            return ReplayEnd::Gone;
+        };
+        let Some(replay) = m.replay.as_mut() else {
+            return ReplayEnd::Live;
+        };
+        if replay.overflowed {
+            replay.overflowed = false;
+            return ReplayEnd::ReadOn(m.last_seq);
+        }
+        let held = std::mem::take(&mut replay.held);
+        m.replay = None;
+        for (seq, packets) in held {
+            if seq > m.last_seq {
+                m.last_seq = seq;
+                self.send(std::iter::once(&m.socket), &packets);
+            }
+        }
+        ReplayEnd::Live
+    }
+
+    /// Whether `seq` has been sent to this connection (acks for anything else are
+    /// ignored).
+    pub fn was_sent(&self, user: &str, socket: &Socket, seq: u64) -> bool {
+        let shard = self.shard(user).lock();
+        shard
+            .get(user)
+            .and_then(|ms| ms.iter().find(|m| &m.socket == socket))
+            .is_some_and(|m| seq <= m.last_seq)
+    }
+
+    /// Tells a user's connections (but `except`) that they have read up to `up_to`.
+    pub fn read_up_to(&self, user: &str, up_to: u64, except: Option<&Socket>) -> usize {
+        let packets = packet::encode_event(
+            "/",
+            "read",
+            &Args::one(&serde_json::json!({"upTo": up_to})),
+            None,
+        );
+        let shard = self.shard(user).lock();
+        shard.get(user).map_or(0, |ms| {
+            self.send(
+                ms.iter().map(|m| &m.socket).filter(|s| Some(*s) != except),
+                &packets,
+            )
+        })
+    }
+
+    fn send<'a>(&self, sockets: impl Iterator<Item = &'a Socket>, packets: &[Outbound]) -> usize {
         let mut ok = 0;
         for s in sockets {
             match s.send(packets) {

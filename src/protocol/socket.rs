@@ -137,17 +137,33 @@ pub trait Handler: Send + Sync + 'static {
     fn on_connect(&self, _socket: &Socket, _hs: &Handshake<'_>) {}
     /// An event arrived.
     fn on_event(&self, _socket: &Socket, _event: Event) {}
+    /// The client acknowledged an id the server did not ask for with
+    /// [`Socket::emit_with_ack`] (an application that numbers its own packets, such as
+    /// herald's stored pushes whose ack id is the message seq).
+    fn on_ack(&self, _socket: &Socket, _id: u64, _args: Args) {}
     /// The socket left; it is already out of its session.
     fn on_disconnect(&self, _socket: &Socket, _reason: DisconnectReason) {}
 }
 
+/// First ack id of [`Socket::emit_with_ack`]; smaller ids are left to the application
+/// (and stay below 2^53, which JavaScript numbers hold exactly).
+pub const FIRST_ACK_ID: u64 = 1 << 50;
+
 type AckFn = Box<dyn FnOnce(Result<Args, AckError>) + Send>;
 
 /// Acks this server awaits from the client.
-#[derive(Default)]
 struct Acks {
     next: u64,
     pending: Vec<(u64, AckFn)>,
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Acks {
+            next: FIRST_ACK_ID,
+            pending: Vec::new(),
+        }
+    }
 }
 
 struct SocketInner {
@@ -550,8 +566,10 @@ fn dispatch(
         }
         _ => {
             let id = id.ok_or_else(|| bad(ParseError::AckId))?;
-            if let Some(cb) = socket.take_ack(id) {
-                cb(Ok(Args::from_raw(data.trim().to_owned(), attachments)));
+            let args = Args::from_raw(data.trim().to_owned(), attachments);
+            match socket.take_ack(id) {
+                Some(cb) => cb(Ok(args)),
+                None => socket.0.nsp.handler.on_ack(&socket, id, args),
             }
         }
     }

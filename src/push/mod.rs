@@ -1,5 +1,10 @@
-//! The push service: validates a push, stamps it with an id and time, and hands it to the
-//! router. The HTTP API and the demo ticker both push through here.
+//! The push service: validates a push, stamps it with an id and time, stores it when it
+//! is durable, and hands it to the router. The HTTP API and the demo ticker both push
+//! through here.
+//!
+//! Durable pushes reach the router through the dispatcher, in the order the store
+//! committed them, so each user's messages arrive in seq order. Volatile pushes go to the
+//! router at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::hub::{Message, Target};
 use crate::router::Router;
+use crate::store::{NewMessage, Store, StoreError};
 
 /// Push settings (part of `[api]` in the config file).
 #[derive(Debug, Clone)]
@@ -55,8 +61,8 @@ pub struct PushRequest {
     pub to: To,
     pub event: String,
     pub data: Box<RawValue>,
-    /// Live delivery only. Until the durable inbox exists every push is live only, so
-    /// this is accepted and changes nothing.
+    /// Live delivery only: not stored, no seq, not replayed. Pushes to users are durable
+    /// unless this is true; broadcasts are always live only.
     #[serde(default)]
     pub volatile: Option<bool>,
     /// Makes a retried request a no-op that returns the first answer.
@@ -79,17 +85,38 @@ pub struct To {
 pub struct PushResult {
     pub id: String,
     pub ts: u64,
-    /// Connections on this node the message was queued to.
-    pub connections: usize,
+    /// Durable pushes: each user's seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seqs: Option<std::collections::BTreeMap<String, u64>>,
+    /// Volatile pushes: connections on this node the message was queued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 /// A push that cannot be accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PushError {
     #[error("{0}")]
     Invalid(String),
     #[error("idempotency key reused with a different request")]
     IdempotencyConflict,
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+impl PartialEq for PushError {
+    fn eq(&self, other: &PushError) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl From<StoreError> for PushError {
+    fn from(e: StoreError) -> PushError {
+        match e {
+            StoreError::IdempotencyConflict => PushError::IdempotencyConflict,
+            other => PushError::Store(other),
+        }
+    }
 }
 
 /// What an idempotency key remembers: a fingerprint of the request and its answer.
@@ -111,21 +138,39 @@ struct Idempotency {
 pub struct PushService {
     config: PushConfig,
     router: Arc<dyn Router>,
+    store: Store,
+    /// Idempotency keys of volatile pushes (durable ones are kept in the store).
     idempotency: Mutex<Idempotency>,
 }
 
+/// Routes committed messages, one at a time, in commit order.
+pub async fn dispatch(
+    mut committed: tokio::sync::mpsc::Receiver<Arc<Message>>,
+    router: Arc<dyn Router>,
+) {
+    while let Some(msg) = committed.recv().await {
+        router.route(&msg);
+    }
+}
+
 impl PushService {
-    pub fn new(config: PushConfig, router: Arc<dyn Router>) -> PushService {
+    pub fn new(config: PushConfig, router: Arc<dyn Router>, store: Store) -> PushService {
         PushService {
             config,
             router,
+            store,
             idempotency: Mutex::new(Idempotency::default()),
         }
     }
 
-    /// Validates and delivers a push.
-    pub fn push(&self, req: PushRequest) -> Result<PushResult, PushError> {
+    /// Validates a push and delivers it; a durable push answers once it is stored.
+    pub async fn push(&self, req: PushRequest) -> Result<PushResult, PushError> {
         let target = self.validate(&req)?;
+        if let Target::Users(users) = &target {
+            if req.volatile != Some(true) {
+                return self.push_durable(&req, users.clone()).await;
+            }
+        }
         let Some(key) = req.idempotency_key.clone() else {
             return Ok(self.send(req, target));
         };
@@ -169,6 +214,31 @@ impl PushService {
         }
     }
 
+    async fn push_durable(
+        &self,
+        req: &PushRequest,
+        users: Vec<String>,
+    ) -> Result<PushResult, PushError> {
+        let msg = NewMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts: crate::store::now_ms(),
+            event: req.event.clone(),
+            data: req.data.get().to_owned(),
+            users,
+            idempotency: req
+                .idempotency_key
+                .clone()
+                .map(|k| (k, format!("{:016x}", fingerprint(req)))),
+        };
+        let stored = self.store.append(msg).await?;
+        Ok(PushResult {
+            id: stored.id,
+            ts: stored.ts,
+            seqs: Some(stored.seqs.into_iter().collect()),
+            connections: None,
+        })
+    }
+
     fn validate(&self, req: &PushRequest) -> Result<Target, PushError> {
         let invalid = |m: &str| Err(PushError::Invalid(m.to_owned()));
         if req.event.is_empty() || req.event.len() > MAX_EVENT {
@@ -184,6 +254,9 @@ impl PushService {
         }
         match (&req.to.users, req.to.all) {
             (Some(_), Some(_)) => invalid("to takes either users or all, not both"),
+            (None, Some(true)) if req.volatile == Some(false) => {
+                invalid("broadcasts are live only: volatile cannot be false with all")
+            }
             (None, Some(true)) => Ok(Target::All),
             (None, Some(false)) | (None, None) => invalid("to needs users or all: true"),
             (Some(users), None) => {
@@ -225,7 +298,8 @@ impl PushService {
         PushResult {
             id: msg.id,
             ts,
-            connections,
+            seqs: None,
+            connections: Some(connections),
         }
     }
 }
@@ -246,38 +320,64 @@ mod tests {
     use super::*;
     use crate::hub::Hub;
     use crate::router::LocalRouter;
+    use crate::store::StoreConfig;
 
-    fn service() -> PushService {
+    async fn service() -> PushService {
         let hub = Arc::new(Hub::new(Default::default()));
-        PushService::new(PushConfig::default(), Arc::new(LocalRouter::new(hub)))
+        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(dispatch(rx, router.clone()));
+        let store = Store::open(
+            StoreConfig {
+                url: "sqlite::memory:".into(),
+                ..StoreConfig::default()
+            },
+            tx,
+        )
+        .await
+        .unwrap();
+        PushService::new(PushConfig::default(), router, store)
     }
 
     fn req(json: &str) -> PushRequest {
         serde_json::from_str(json).unwrap()
     }
 
-    #[test]
-    fn validates_targets_and_events() {
-        let s = service();
+    #[tokio::test]
+    async fn validates_targets_and_events() {
+        let s = service().await;
         for bad in [
             r#"{"to":{"users":[]},"event":"e","data":1}"#,
             r#"{"to":{},"event":"e","data":1}"#,
             r#"{"to":{"all":false},"event":"e","data":1}"#,
             r#"{"to":{"all":true,"users":["a"]},"event":"e","data":1}"#,
+            r#"{"to":{"all":true},"event":"e","data":1,"volatile":false}"#,
             r#"{"to":{"users":["a"]},"event":"","data":1}"#,
             r#"{"to":{"users":["a"]},"event":"connect","data":1}"#,
             r#"{"to":{"users":[""]},"event":"e","data":1}"#,
             r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":""}"#,
         ] {
             assert!(
-                matches!(s.push(req(bad)), Err(PushError::Invalid(_))),
+                matches!(s.push(req(bad)).await, Err(PushError::Invalid(_))),
                 "{bad}"
             );
         }
-        let ok = s.push(req(
-            r#"{"to":{"users":["a","a"]},"event":"e","data":{"x":1}}"#,
-        ));
-        assert_eq!(ok.unwrap().connections, 0);
+        let live = s
+            .push(req(
+                r#"{"to":{"users":["a","a"]},"event":"e","data":{"x":1},"volatile":true}"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(live.connections, Some(0));
+        let stored = s
+            .push(req(
+                r#"{"to":{"users":["b","a","a"]},"event":"e","data":{"x":1}}"#,
+            ))
+            .await
+            .unwrap();
+        let seqs = stored.seqs.unwrap();
+        assert_eq!(seqs.len(), 2);
+        assert_eq!((seqs["a"], seqs["b"]), (1, 1));
     }
 
     #[test]
@@ -287,14 +387,21 @@ mod tests {
         assert!(r.is_err());
     }
 
-    #[test]
-    fn idempotency_key_returns_the_first_answer() {
-        let s = service();
-        let body = r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":"k1"}"#;
-        let first = s.push(req(body)).unwrap();
-        let again = s.push(req(body)).unwrap();
-        assert_eq!(first, again);
-        let other = r#"{"to":{"users":["a"]},"event":"e","data":2,"idempotencyKey":"k1"}"#;
-        assert_eq!(s.push(req(other)), Err(PushError::IdempotencyConflict));
+    #[tokio::test]
+    async fn idempotency_key_returns_the_first_answer() {
+        let s = service().await;
+        for volatile in ["true", "false"] {
+            let body = format!(
+                r#"{{"to":{{"users":["a"]}},"event":"e","data":1,"volatile":{volatile},"idempotencyKey":"k-{volatile}"}}"#
+            );
+            let first = s.push(req(&body)).await.unwrap();
+            let again = s.push(req(&body)).await.unwrap();
+            assert_eq!(first, again);
+            let other = body.replace(r#""data":1"#, r#""data":2"#);
+            assert_eq!(
+                s.push(req(&other)).await,
+                Err(PushError::IdempotencyConflict)
+            );
+        }
     }
 }

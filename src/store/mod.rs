@@ -1,0 +1,487 @@
+//! The durable inbox: every message to a user gets the next per-user sequence number and
+//! is kept until retention removes it; read state, delivery state, device positions and
+//! idempotency keys live here too.
+//!
+//! Two backends behind one type: SQLite, embedded (the default; `:memory:` gives the
+//! in-memory twin for tests), and PostgreSQL for clusters. Writes go through one writer
+//! per node that commits whatever is waiting in one transaction (group commit), and
+//! publishes committed messages, in commit order, to the node's dispatcher.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::Message;
+
+/// Store settings (`[store]` in the config file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://…` to use PostgreSQL; empty for the embedded SQLite store in
+    /// `data_dir`. Default empty.
+    pub url: String,
+    /// Directory of the embedded store. Default `./herald-data`.
+    pub data_dir: String,
+    /// Most operations committed in one transaction. Default 1024.
+    pub max_batch: usize,
+    /// Messages older than this are removed, seconds. Default 30 days.
+    pub retention_max_age_secs: u64,
+    /// Most messages kept per user; older ones are removed first. Default 10,000.
+    pub retention_max_messages: u64,
+    /// Seconds between retention sweeps. Default 60.
+    pub sweep_interval_secs: u64,
+    /// Largest page of `GET /users/{id}/messages`. Default 1000.
+    pub max_page: usize,
+    /// SQLite: `full` fsyncs every commit (survives power loss), `normal` only
+    /// checkpoints (survives a crashed process). Default `full`.
+    pub sqlite_sync: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: String::new(),
+            data_dir: "./herald-data".into(),
+            max_batch: 1024,
+            retention_max_age_secs: 30 * 86_400,
+            retention_max_messages: 10_000,
+            sweep_interval_secs: 60,
+            max_page: 1000,
+            sqlite_sync: "full".into(),
+        }
+    }
+}
+
+/// A store failure. The request that hit it gets an error; nothing is half-stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("idempotency key reused with a different request")]
+    IdempotencyConflict,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// A message to store for some users.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub ts: u64,
+    pub event: String,
+    /// JSON text.
+    pub data: String,
+    /// Recipients, sorted and without duplicates.
+    pub users: Vec<String>,
+    /// An idempotency key and the fingerprint of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// What storing a message gave.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Appended {
+    pub id: String,
+    pub ts: u64,
+    /// Each recipient's sequence number.
+    pub seqs: Vec<(String, u64)>,
+    /// True when an idempotency key matched an earlier push: nothing new was stored.
+    #[serde(skip)]
+    pub duplicate: bool,
+}
+
+/// A stored message as the inbox API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    pub id: String,
+    pub seq: u64,
+    pub event: String,
+    pub data: Box<serde_json::value::RawValue>,
+    pub ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<u64>,
+}
+
+/// A user's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unread {
+    pub unread: u64,
+    pub last_seq: u64,
+    pub read_up_to: u64,
+}
+
+/// One recipient's copy of a message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recipient {
+    pub user: String,
+    pub seq: u64,
+    pub stored_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<u64>,
+}
+
+/// A message and the state of each of its copies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MessageState {
+    pub id: String,
+    pub event: String,
+    pub ts: u64,
+    pub recipients: Vec<Recipient>,
+}
+
+/// What a retention sweep removes.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub now_ms: u64,
+    pub max_age_ms: u64,
+    pub max_messages: u64,
+    pub idempotency_window_ms: u64,
+}
+
+/// Writes, committed in batches by the writer.
+pub(crate) enum WriteOp {
+    Append(NewMessage, oneshot::Sender<Result<Appended, StoreError>>),
+    Read {
+        user: String,
+        up_to: u64,
+        at: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Delivered {
+        user: String,
+        seq: u64,
+        device: Option<String>,
+        at: u64,
+    },
+    Sweep(Retention, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+/// Reads, answered by the reader.
+pub(crate) enum ReadOp {
+    Messages {
+        user: String,
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<StoredMessage>, StoreError>>,
+    },
+    Unread {
+        user: String,
+        reply: oneshot::Sender<Result<Unread, StoreError>>,
+    },
+    DeviceAcked {
+        user: String,
+        device: String,
+        reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    State {
+        id: String,
+        reply: oneshot::Sender<Result<Option<MessageState>, StoreError>>,
+    },
+}
+
+/// The durable inbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writes: mpsc::Sender<WriteOp>,
+    reads: mpsc::Sender<ReadOp>,
+    config: Arc<StoreConfig>,
+}
+
+/// Queue lengths in front of the writer and the reader.
+const QUEUE: usize = 8192;
+
+impl Store {
+    /// Opens the configured backend, applies migrations, and starts its writer and
+    /// reader. Committed messages are sent, in commit order, to `committed`.
+    pub async fn open(
+        config: StoreConfig,
+        committed: mpsc::Sender<Arc<Message>>,
+    ) -> Result<Store, StoreError> {
+        let (wtx, wrx) = mpsc::channel(QUEUE);
+        let (rtx, rrx) = mpsc::channel(QUEUE);
+        if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+            postgres::start(&config, wrx, rrx, committed).await?;
+        } else if config.url.is_empty() || config.url.starts_with("sqlite:") {
+            sqlite::start(&config, wrx, rrx, committed)?;
+        } else {
+            return Err(StoreError::Backend(format!(
+                "store.url must be postgres://… or empty, got `{}`",
+                config.url
+            )));
+        }
+        Ok(Store {
+            writes: wtx,
+            reads: rtx,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> ReadOp,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a message for its users; answers once it is committed.
+    pub async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.write(|tx| WriteOp::Append(msg, tx)).await
+    }
+
+    /// Moves a user's read position to `up_to`, clamped to their last seq and never
+    /// backwards; returns the position now stored.
+    pub async fn mark_read(&self, user: &str, up_to: u64) -> Result<u64, StoreError> {
+        let at = now_ms();
+        self.write(|reply| WriteOp::Read {
+            user: user.to_owned(),
+            up_to,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    /// Records that a device acknowledged `seq` (the first ack marks it delivered).
+    /// Fire and forget: an ack is advisory, and a lost one only means a redelivery.
+    pub fn mark_delivered(&self, user: &str, seq: u64, device: Option<&str>) {
+        let _ = self.writes.try_send(WriteOp::Delivered {
+            user: user.to_owned(),
+            seq,
+            device: device.map(str::to_owned),
+            at: now_ms(),
+        });
+    }
+
+    /// Removes what retention says is too old; returns the number of copies removed.
+    pub async fn sweep(&self, retention: Retention) -> Result<u64, StoreError> {
+        self.write(|tx| WriteOp::Sweep(retention, tx)).await
+    }
+
+    /// A page of a user's messages after `after`, ascending; `limit` is capped.
+    pub async fn messages(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = limit.clamp(1, self.config.max_page);
+        self.read(|reply| ReadOp::Messages {
+            user: user.to_owned(),
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn unread(&self, user: &str) -> Result<Unread, StoreError> {
+        self.read(|reply| ReadOp::Unread {
+            user: user.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// The last seq a device acknowledged.
+    pub async fn device_acked(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|reply| ReadOp::DeviceAcked {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn message_state(&self, id: &str) -> Result<Option<MessageState>, StoreError> {
+        self.read(|reply| ReadOp::State {
+            id: id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Runs retention sweeps every `sweep_interval_secs` until the store closes.
+    pub async fn sweeper(self, idempotency_window_ms: u64) {
+        let every = std::time::Duration::from_secs(self.config.sweep_interval_secs.max(1));
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let r = Retention {
+                now_ms: now_ms(),
+                max_age_ms: self.config.retention_max_age_secs.saturating_mul(1000),
+                max_messages: self.config.retention_max_messages,
+                idempotency_window_ms,
+            };
+            match self.sweep(r).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "retention sweep"),
+                Ok(_) => {}
+                Err(StoreError::Closed) => break,
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A write's answer, sent once its transaction has committed.
+pub(crate) enum Done {
+    Append(
+        oneshot::Sender<Result<Appended, StoreError>>,
+        Result<Appended, StoreError>,
+        Option<Arc<Message>>,
+    ),
+    Read(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Sweep(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Nothing,
+}
+
+/// An op that did not run, so that its caller gets the batch's error.
+pub(crate) fn pending(op: WriteOp) -> Done {
+    match op {
+        WriteOp::Append(_, reply) => Done::Append(reply, Err(StoreError::Closed), None),
+        WriteOp::Read { reply, .. } => Done::Read(reply, 0),
+        WriteOp::Delivered { .. } => Done::Nothing,
+        WriteOp::Sweep(_, reply) => Done::Sweep(reply, 0),
+    }
+}
+
+/// Answers a batch: on commit, hands each new message to `forward` (in batch order,
+/// which is commit order) and each caller its result; on failure, everyone the error.
+pub(crate) fn settle(
+    done: Vec<Done>,
+    result: Result<(), StoreError>,
+    mut forward: impl FnMut(Arc<Message>),
+) {
+    match result {
+        Ok(()) => {
+            for d in done {
+                match d {
+                    Done::Append(reply, r, msg) => {
+                        if let Some(m) = msg {
+                            forward(m);
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Done::Read(reply, v) | Done::Sweep(reply, v) => {
+                        let _ = reply.send(Ok(v));
+                    }
+                    Done::Nothing => {}
+                }
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "store commit failed");
+            for d in done {
+                match d {
+                    Done::Append(reply, _, _) => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Done::Read(reply, _) | Done::Sweep(reply, _) => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Done::Nothing => {}
+                }
+            }
+        }
+    }
+}
+
+/// The message the dispatcher routes once `msg` is committed.
+fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Message>> {
+    let data = serde_json::value::RawValue::from_string(msg.data.clone()).ok()?;
+    Some(Arc::new(Message {
+        id: msg.id.clone(),
+        ts: msg.ts,
+        event: msg.event.clone(),
+        data,
+        target: crate::hub::Target::Stored(seqs.to_vec()),
+    }))
+}
+
+/// Schema steps, applied in order; the store records how many have run.
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE users (
+    user_id TEXT PRIMARY KEY,
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    read_upto BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL,
+    ts BIGINT NOT NULL
+);
+CREATE TABLE inbox (
+    user_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    message_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    delivered_at BIGINT,
+    read_at BIGINT,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX inbox_message ON inbox (message_id);
+CREATE INDEX inbox_ts ON inbox (ts);
+CREATE TABLE devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    acked_seq BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX idempotency_created ON idempotency (created_at);
+"#];

@@ -1,0 +1,471 @@
+//! The PostgreSQL backend, for clusters: the same schema and semantics as SQLite. Per-user
+//! sequence numbers come from an atomic upsert, so nodes sharing the database never hand
+//! out a number twice. One writer connection group-commits; one reader connection reads.
+//! A broken connection is re-established on the next operation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+use super::{
+    committed_message, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp,
+    Recipient, Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+};
+use crate::hub::Message;
+
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Keeps a connection, reconnecting (with a short back-off) when it has broken.
+struct Conn {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Conn {
+    async fn get(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let mut delay = Duration::from_millis(50);
+            let mut tries = 0;
+            self.client = loop {
+                match connect(&self.url).await {
+                    Ok(c) => break Some(c),
+                    Err(e) if tries >= 5 => return Err(e),
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        tries += 1;
+                    }
+                }
+            };
+        }
+        self.client.as_mut().ok_or(StoreError::Closed)
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    // Nodes starting together must not migrate twice.
+    client
+        .execute("SELECT pg_advisory_lock(72710)", &[])
+        .await?;
+    let result = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS herald_schema (version INTEGER NOT NULL)")
+            .await?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM herald_schema", &[])
+            .await?
+            .map_or(0, |r| r.get(0));
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(step).await?;
+            tracing::info!(version = i + 1, "store migration applied");
+        }
+        tx.execute("DELETE FROM herald_schema", &[]).await?;
+        tx.execute(
+            "INSERT INTO herald_schema (version) VALUES ($1)",
+            &[&(MIGRATIONS.len() as i32)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock(72710)", &[])
+        .await?;
+    result
+}
+
+pub(super) async fn start(
+    cfg: &StoreConfig,
+    mut writes: mpsc::Receiver<WriteOp>,
+    mut reads: mpsc::Receiver<ReadOp>,
+    committed: mpsc::Sender<Arc<Message>>,
+) -> Result<(), StoreError> {
+    let mut first = connect(&cfg.url).await?;
+    migrate(&mut first).await?;
+    let mut writer = Conn {
+        url: cfg.url.clone(),
+        client: Some(first),
+    };
+    let mut reader = Conn {
+        url: cfg.url.clone(),
+        client: None,
+    };
+    let max_batch = cfg.max_batch.max(1);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(max_batch);
+        while let Some(op) = writes.recv().await {
+            batch.push(op);
+            while batch.len() < max_batch {
+                match writes.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut forward = Vec::new();
+            commit(&mut writer, &mut batch, &mut forward).await;
+            for m in forward {
+                // Commit order is delivery order.
+                let _ = committed.send(m).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(op) = reads.recv().await {
+            answer(&mut reader, op).await;
+        }
+    });
+    Ok(())
+}
+
+async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc<Message>>) {
+    let mut ops = std::mem::take(batch).into_iter();
+    let mut done = Vec::with_capacity(ops.len());
+    let result = async {
+        let client = conn.get().await?;
+        let tx = client.transaction().await?;
+        for op in ops.by_ref() {
+            match apply(&tx, op).await {
+                Ok(d) => done.push(d),
+                Err((d, e)) => {
+                    done.push(d);
+                    return Err(StoreError::from(e));
+                }
+            }
+        }
+        tx.commit().await.map_err(StoreError::from)
+    }
+    .await;
+    if result.is_err() {
+        // The connection may be what failed; a new one is made next time.
+        if conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+            conn.client = None;
+        }
+    }
+    done.extend(ops.map(pending));
+    settle(done, result, |m| forward.push(m));
+}
+
+type Applied = Result<Done, (Done, tokio_postgres::Error)>;
+
+async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
+    match op {
+        WriteOp::Append(msg, reply) => match append(tx, &msg).await {
+            Ok(Ok(a)) => {
+                let m = (!a.duplicate)
+                    .then(|| committed_message(&msg, &a.seqs))
+                    .flatten();
+                Ok(Done::Append(reply, Ok(a), m))
+            }
+            Ok(Err(e)) => Ok(Done::Append(reply, Err(e), None)),
+            Err(e) => Err((Done::Append(reply, Err(StoreError::Closed), None), e)),
+        },
+        WriteOp::Read {
+            user,
+            up_to,
+            at,
+            reply,
+        } => match mark_read(tx, &user, up_to, at).await {
+            Ok(v) => Ok(Done::Read(reply, v)),
+            Err(e) => Err((Done::Read(reply, 0), e)),
+        },
+        WriteOp::Delivered {
+            user,
+            seq,
+            device,
+            at,
+        } => match delivered(tx, &user, seq, device.as_deref(), at).await {
+            Ok(()) => Ok(Done::Nothing),
+            Err(e) => Err((Done::Nothing, e)),
+        },
+        WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
+            Ok(n) => Ok(Done::Sweep(reply, n)),
+            Err(e) => Err((Done::Sweep(reply, 0), e)),
+        },
+    }
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+async fn append(
+    tx: &Transaction<'_>,
+    msg: &NewMessage,
+) -> Result<Result<Appended, StoreError>, tokio_postgres::Error> {
+    if let Some((key, fingerprint)) = &msg.idempotency {
+        let seen = tx
+            .query_opt(
+                "SELECT fingerprint, response FROM idempotency WHERE key = $1",
+                &[key],
+            )
+            .await?;
+        if let Some(row) = seen {
+            let fp: String = row.get(0);
+            if &fp != fingerprint {
+                return Ok(Err(StoreError::IdempotencyConflict));
+            }
+            let response: String = row.get(1);
+            return Ok(serde_json::from_str::<Appended>(&response)
+                .map(|mut a| {
+                    a.duplicate = true;
+                    a
+                })
+                .map_err(|e| StoreError::Backend(e.to_string())));
+        }
+    }
+    let ts = i(msg.ts);
+    tx.execute(
+        "INSERT INTO messages (id, event, data, ts) VALUES ($1, $2, $3, $4)",
+        &[&msg.id, &msg.event, &msg.data, &ts],
+    )
+    .await?;
+    // One statement numbers every recipient: users are distinct and sorted, so
+    // concurrent writers lock user rows in the same order and cannot deadlock.
+    let rows = tx
+        .query(
+            "INSERT INTO users (user_id, last_seq) SELECT u, 1 FROM unnest($1::text[]) AS u
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = users.last_seq + 1
+             RETURNING user_id, last_seq",
+            &[&msg.users],
+        )
+        .await?;
+    let mut seqs: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    seqs.sort_unstable();
+    let users: Vec<&str> = seqs.iter().map(|(u, _)| u.as_str()).collect();
+    let numbers: Vec<i64> = seqs.iter().map(|(_, s)| *s as i64).collect();
+    tx.execute(
+        "INSERT INTO inbox (user_id, seq, message_id, ts)
+         SELECT u, s, $3, $4 FROM unnest($1::text[], $2::bigint[]) AS t(u, s)",
+        &[&users, &numbers, &msg.id, &ts],
+    )
+    .await?;
+    let appended = Appended {
+        id: msg.id.clone(),
+        ts: msg.ts,
+        seqs,
+        duplicate: false,
+    };
+    if let Some((key, fingerprint)) = &msg.idempotency {
+        let response = serde_json::to_string(&appended).unwrap_or_default();
+        tx.execute(
+            "INSERT INTO idempotency (key, fingerprint, response, created_at) VALUES ($1, $2, $3, $4)",
+            &[key, fingerprint, &response, &ts],
+        )
+        .await?;
+    }
+    Ok(Ok(appended))
+}
+
+async fn mark_read(
+    tx: &Transaction<'_>,
+    user: &str,
+    up_to: u64,
+    at: u64,
+) -> Result<u64, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "UPDATE users SET read_upto = GREATEST(read_upto, LEAST($2, last_seq))
+             WHERE user_id = $1 RETURNING read_upto",
+            &[&user, &i(up_to)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(0);
+    };
+    let stored: i64 = row.get(0);
+    tx.execute(
+        "UPDATE inbox SET read_at = $3 WHERE user_id = $1 AND seq <= $2 AND read_at IS NULL",
+        &[&user, &stored, &i(at)],
+    )
+    .await?;
+    Ok(stored as u64)
+}
+
+async fn delivered(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    device: Option<&str>,
+    at: u64,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE inbox SET delivered_at = $3 WHERE user_id = $1 AND seq = $2 AND delivered_at IS NULL",
+        &[&user, &i(seq), &i(at)],
+    )
+    .await?;
+    if let Some(device) = device {
+        tx.execute(
+            "INSERT INTO devices (user_id, device_id, acked_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET acked_seq = GREATEST(devices.acked_seq, excluded.acked_seq)",
+            &[&user, &device, &i(seq)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, tokio_postgres::Error> {
+    let cutoff = i(r.now_ms.saturating_sub(r.max_age_ms));
+    let mut n = tx
+        .execute("DELETE FROM inbox WHERE ts < $1", &[&cutoff])
+        .await?;
+    n += tx
+        .execute(
+            "DELETE FROM inbox USING users WHERE users.user_id = inbox.user_id
+             AND inbox.seq <= users.last_seq - $1",
+            &[&i(r.max_messages)],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
+        &[],
+    )
+    .await?;
+    let idem = i(r.now_ms.saturating_sub(r.idempotency_window_ms));
+    tx.execute("DELETE FROM idempotency WHERE created_at < $1", &[&idem])
+        .await?;
+    Ok(n)
+}
+
+async fn answer(conn: &mut Conn, op: ReadOp) {
+    match op {
+        ReadOp::Messages {
+            user,
+            after,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(messages(conn, &user, after, limit).await);
+        }
+        ReadOp::Unread { user, reply } => {
+            let _ = reply.send(unread(conn, &user).await);
+        }
+        ReadOp::DeviceAcked {
+            user,
+            device,
+            reply,
+        } => {
+            let r = async {
+                let c = conn.get().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT acked_seq FROM devices WHERE user_id = $1 AND device_id = $2",
+                        &[&user, &device],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+            }
+            .await;
+            let _ = reply.send(r);
+        }
+        ReadOp::State { id, reply } => {
+            let _ = reply.send(state(conn, &id).await);
+        }
+    }
+}
+
+fn opt(v: Option<i64>) -> Option<u64> {
+    v.map(|x| x as u64)
+}
+
+async fn messages(
+    conn: &mut Conn,
+    user: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let c = conn.get().await?;
+    let rows = c
+        .query(
+            "SELECT i.seq, i.message_id, m.event, m.data, i.ts, i.delivered_at, i.read_at
+             FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+            &[&user, &i(after), &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredMessage {
+            seq: r.get::<_, i64>(0) as u64,
+            id: r.get(1),
+            event: r.get(2),
+            data: serde_json::value::RawValue::from_string(r.get(3))
+                .unwrap_or_else(|_| super::sqlite::raw_null()),
+            ts: r.get::<_, i64>(4) as u64,
+            delivered_at: opt(r.get(5)),
+            read_at: opt(r.get(6)),
+        })
+        .collect())
+}
+
+async fn unread(conn: &mut Conn, user: &str) -> Result<Unread, StoreError> {
+    let c = conn.get().await?;
+    let Some(row) = c
+        .query_opt(
+            "SELECT last_seq, read_upto FROM users WHERE user_id = $1",
+            &[&user],
+        )
+        .await?
+    else {
+        return Ok(Unread::default());
+    };
+    let (last, read): (i64, i64) = (row.get(0), row.get(1));
+    let count: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM inbox WHERE user_id = $1 AND seq > $2",
+            &[&user, &read],
+        )
+        .await?
+        .get(0);
+    Ok(Unread {
+        unread: count as u64,
+        last_seq: last as u64,
+        read_up_to: read as u64,
+    })
+}
+
+async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreError> {
+    let c = conn.get().await?;
+    let Some(head) = c
+        .query_opt("SELECT event, ts FROM messages WHERE id = $1", &[&id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let rows = c
+        .query(
+            "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
+             WHERE message_id = $1 ORDER BY user_id LIMIT 10000",
+            &[&id],
+        )
+        .await?;
+    Ok(Some(MessageState {
+        id: id.to_owned(),
+        event: head.get(0),
+        ts: head.get::<_, i64>(1) as u64,
+        recipients: rows
+            .iter()
+            .map(|r| Recipient {
+                user: r.get(0),
+                seq: r.get::<_, i64>(1) as u64,
+                stored_at: r.get::<_, i64>(2) as u64,
+                delivered_at: opt(r.get(3)),
+                read_at: opt(r.get(4)),
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,412 @@
+//! The embedded SQLite backend: one writer thread that group-commits, one reader thread,
+//! each with its own connection to a WAL database (readers never wait for the writer).
+
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use tokio::sync::mpsc;
+
+use super::{
+    committed_message, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp,
+    Recipient, Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+};
+use crate::hub::Message;
+
+fn open(path: &str, uri: bool, sync: &str) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if uri {
+        flags |= OpenFlags::SQLITE_OPEN_URI;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match sync {
+        "normal" => "NORMAL",
+        _ => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS herald_schema (version INTEGER NOT NULL)")?;
+    let version: i64 = tx
+        .query_row("SELECT version FROM herald_schema", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(step)?;
+        tracing::info!(version = i + 1, "store migration applied");
+    }
+    tx.execute("DELETE FROM herald_schema", [])?;
+    tx.execute(
+        "INSERT INTO herald_schema (version) VALUES (?1)",
+        [MIGRATIONS.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn start(
+    cfg: &StoreConfig,
+    mut writes: mpsc::Receiver<WriteOp>,
+    mut reads: mpsc::Receiver<ReadOp>,
+    committed: mpsc::Sender<Arc<Message>>,
+) -> Result<(), StoreError> {
+    let target = cfg.url.strip_prefix("sqlite:").unwrap_or("");
+    let (path, uri) = if target == ":memory:" {
+        // Two connections must see one in-memory database: a named shared cache.
+        let name: u64 = rand::random();
+        (
+            format!("file:herald-{name:x}?mode=memory&cache=shared"),
+            true,
+        )
+    } else if target.is_empty() {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create data dir {}: {e}", cfg.data_dir))
+        })?;
+        (
+            format!("{}/herald.db", cfg.data_dir.trim_end_matches('/')),
+            false,
+        )
+    } else {
+        (target.to_owned(), false)
+    };
+    let mut writer = open(&path, uri, &cfg.sqlite_sync)?;
+    migrate(&mut writer)?;
+    let reader = open(&path, uri, &cfg.sqlite_sync)?;
+    let max_batch = cfg.max_batch.max(1);
+    std::thread::Builder::new()
+        .name("herald-store-writer".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(max_batch);
+            while let Some(first) = writes.blocking_recv() {
+                batch.push(first);
+                while batch.len() < max_batch {
+                    match writes.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+                commit(&mut writer, &mut batch, &committed);
+            }
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("herald-store-reader".into())
+        .spawn(move || {
+            while let Some(op) = reads.blocking_recv() {
+                answer(&reader, op);
+            }
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(())
+}
+
+fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sender<Arc<Message>>) {
+    let mut ops = std::mem::take(batch).into_iter();
+    let mut done = Vec::with_capacity(ops.len());
+    let result = match conn.transaction() {
+        Err(e) => Err(e),
+        Ok(tx) => loop {
+            let Some(op) = ops.next() else {
+                break tx.commit();
+            };
+            match apply(&tx, op) {
+                Ok(d) => done.push(d),
+                Err((d, e)) => {
+                    done.push(d);
+                    break Err(e);
+                }
+            }
+        },
+    };
+    // Ops that did not run hear of the failure too.
+    done.extend(ops.map(pending));
+    settle(done, result.map_err(StoreError::from), |m| {
+        // Commit order is delivery order: block rather than reorder.
+        let _ = committed.blocking_send(m);
+    });
+}
+
+type Applied = Result<Done, (Done, rusqlite::Error)>;
+
+fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
+    match op {
+        WriteOp::Append(msg, reply) => match append(tx, &msg) {
+            Ok(Ok(a)) => {
+                let m = (!a.duplicate)
+                    .then(|| committed_message(&msg, &a.seqs))
+                    .flatten();
+                Ok(Done::Append(reply, Ok(a), m))
+            }
+            Ok(Err(e)) => Ok(Done::Append(reply, Err(e), None)),
+            Err(e) => Err((Done::Append(reply, Err(StoreError::Closed), None), e)),
+        },
+        WriteOp::Read {
+            user,
+            up_to,
+            at,
+            reply,
+        } => match mark_read(tx, &user, up_to, at) {
+            Ok(v) => Ok(Done::Read(reply, v)),
+            Err(e) => Err((Done::Read(reply, 0), e)),
+        },
+        WriteOp::Delivered {
+            user,
+            seq,
+            device,
+            at,
+        } => match delivered(tx, &user, seq, device.as_deref(), at) {
+            Ok(()) => Ok(Done::Nothing),
+            Err(e) => Err((Done::Nothing, e)),
+        },
+        WriteOp::Sweep(r, reply) => match sweep(tx, r) {
+            Ok(n) => Ok(Done::Sweep(reply, n)),
+            Err(e) => Err((Done::Sweep(reply, 0), e)),
+        },
+    }
+}
+
+/// Stores one message. The outer error fails the transaction; the inner one only this
+/// request (an idempotency conflict).
+fn append(
+    tx: &Transaction<'_>,
+    msg: &NewMessage,
+) -> Result<Result<Appended, StoreError>, rusqlite::Error> {
+    if let Some((key, fingerprint)) = &msg.idempotency {
+        let seen: Option<(String, String)> = tx
+            .prepare_cached("SELECT fingerprint, response FROM idempotency WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((fp, response)) = seen {
+            if &fp != fingerprint {
+                return Ok(Err(StoreError::IdempotencyConflict));
+            }
+            return Ok(serde_json::from_str::<Appended>(&response)
+                .map(|mut a| {
+                    a.duplicate = true;
+                    a
+                })
+                .map_err(|e| StoreError::Backend(e.to_string())));
+        }
+    }
+    tx.prepare_cached("INSERT INTO messages (id, event, data, ts) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![msg.id, msg.event, msg.data, msg.ts as i64])?;
+    let mut next = tx.prepare_cached(
+        "INSERT INTO users (user_id, last_seq) VALUES (?1, 1)
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = users.last_seq + 1
+         RETURNING last_seq",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO inbox (user_id, seq, message_id, ts) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut seqs = Vec::with_capacity(msg.users.len());
+    for user in &msg.users {
+        let seq: i64 = next.query_row([user], |r| r.get(0))?;
+        insert.execute(params![user, seq, msg.id, msg.ts as i64])?;
+        seqs.push((user.clone(), seq as u64));
+    }
+    let appended = Appended {
+        id: msg.id.clone(),
+        ts: msg.ts,
+        seqs,
+        duplicate: false,
+    };
+    if let Some((key, fingerprint)) = &msg.idempotency {
+        let response = serde_json::to_string(&appended).unwrap_or_default();
+        tx.prepare_cached(
+            "INSERT INTO idempotency (key, fingerprint, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![key, fingerprint, response, msg.ts as i64])?;
+    }
+    Ok(Ok(appended))
+}
+
+fn mark_read(
+    tx: &Transaction<'_>,
+    user: &str,
+    up_to: u64,
+    at: u64,
+) -> Result<u64, rusqlite::Error> {
+    let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+    let stored: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE users SET read_upto = MAX(read_upto, MIN(?2, last_seq))
+             WHERE user_id = ?1 RETURNING read_upto",
+        )?
+        .query_row(params![user, up_to], |r| r.get(0))
+        .optional()?;
+    let Some(stored) = stored else {
+        return Ok(0);
+    };
+    tx.prepare_cached(
+        "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
+    )?
+    .execute(params![user, stored, at as i64])?;
+    Ok(stored as u64)
+}
+
+fn delivered(
+    tx: &Transaction<'_>,
+    user: &str,
+    seq: u64,
+    device: Option<&str>,
+    at: u64,
+) -> Result<(), rusqlite::Error> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "UPDATE inbox SET delivered_at = ?3 WHERE user_id = ?1 AND seq = ?2 AND delivered_at IS NULL",
+    )?
+    .execute(params![user, seq, at as i64])?;
+    if let Some(device) = device {
+        tx.prepare_cached(
+            "INSERT INTO devices (user_id, device_id, acked_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET acked_seq = MAX(devices.acked_seq, excluded.acked_seq)",
+        )?
+        .execute(params![user, device, seq])?;
+    }
+    Ok(())
+}
+
+fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, rusqlite::Error> {
+    let cutoff = r.now_ms.saturating_sub(r.max_age_ms) as i64;
+    let mut n = tx.execute("DELETE FROM inbox WHERE ts < ?1", [cutoff])? as u64;
+    n += tx.execute(
+        "DELETE FROM inbox WHERE seq <= (SELECT last_seq FROM users WHERE users.user_id = inbox.user_id) - ?1",
+        [r.max_messages as i64],
+    )? as u64;
+    tx.execute(
+        "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
+        [],
+    )?;
+    let idem_cutoff = r.now_ms.saturating_sub(r.idempotency_window_ms) as i64;
+    tx.execute(
+        "DELETE FROM idempotency WHERE created_at < ?1",
+        [idem_cutoff],
+    )?;
+    Ok(n)
+}
+
+fn answer(conn: &Connection, op: ReadOp) {
+    match op {
+        ReadOp::Messages {
+            user,
+            after,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(messages(conn, &user, after, limit).map_err(Into::into));
+        }
+        ReadOp::Unread { user, reply } => {
+            let _ = reply.send(unread(conn, &user).map_err(Into::into));
+        }
+        ReadOp::DeviceAcked {
+            user,
+            device,
+            reply,
+        } => {
+            let r = conn
+                .prepare_cached(
+                    "SELECT acked_seq FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&user, &device], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .map(|v| v.map(|s| s as u64))
+                .map_err(Into::into);
+            let _ = reply.send(r);
+        }
+        ReadOp::State { id, reply } => {
+            let _ = reply.send(state(conn, &id).map_err(Into::into));
+        }
+    }
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|x| x as u64)
+}
+
+fn messages(
+    conn: &Connection,
+    user: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, rusqlite::Error> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.seq, i.message_id, m.event, m.data, i.ts, i.delivered_at, i.read_at
+         FROM inbox i JOIN messages m ON m.id = i.message_id
+         WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![user, after, limit as i64], |r| {
+        let data: String = r.get(3)?;
+        Ok(StoredMessage {
+            seq: r.get::<_, i64>(0)? as u64,
+            id: r.get(1)?,
+            event: r.get(2)?,
+            data: serde_json::value::RawValue::from_string(data).unwrap_or_else(|_| raw_null()),
+            ts: r.get::<_, i64>(4)? as u64,
+            delivered_at: opt_u64(r.get(5)?),
+            read_at: opt_u64(r.get(6)?),
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn raw_null() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+fn unread(conn: &Connection, user: &str) -> Result<Unread, rusqlite::Error> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT last_seq, read_upto FROM users WHERE user_id = ?1")?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((last, read)) = row else {
+        return Ok(Unread::default());
+    };
+    let unread: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM inbox WHERE user_id = ?1 AND seq > ?2")?
+        .query_row(params![user, read], |r| r.get(0))?;
+    Ok(Unread {
+        unread: unread as u64,
+        last_seq: last as u64,
+        read_up_to: read as u64,
+    })
+}
+
+fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::Error> {
+    let head: Option<(String, i64)> = conn
+        .prepare_cached("SELECT event, ts FROM messages WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((event, ts)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
+         WHERE message_id = ?1 ORDER BY user_id LIMIT 10000",
+    )?;
+    let recipients = stmt
+        .query_map([id], |r| {
+            Ok(Recipient {
+                user: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                stored_at: r.get::<_, i64>(2)? as u64,
+                delivered_at: opt_u64(r.get(3)?),
+                read_at: opt_u64(r.get(4)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(MessageState {
+        id: id.to_owned(),
+        event,
+        ts: ts as u64,
+        recipients,
+    }))
+}
