@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod pg;
+
 /// How long a test waits for any one thing.
 pub const WAIT: Duration = Duration::from_secs(5);
 

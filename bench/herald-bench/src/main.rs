@@ -1,20 +1,34 @@
-//! herald-bench: opens many Socket.IO connections over WebSocket without a client
-//! library (framing by hand, so one process holds thousands of sockets cheaply).
+//! herald-bench: a load generator for herald and its peers (socket.io, socketioxide). It
+//! speaks Socket.IO over WebSocket without a client library, framing by hand, so one
+//! single-threaded process holds thousands of connections cheaply, and pushes through
+//! the servers' HTTP APIs over keep-alive connections.
 //!
-//! `herald-bench idle --target 127.0.0.1:3000 --connections 10000` connects, joins the
-//! root namespace, answers heartbeats, prints `connected N`, and holds the connections
-//! until interrupted or `--hold-secs` pass.
+//! Scenarios (see docs/benchmarks.md for what each measures):
+//! - `idle`: hold N connections (manual use).
+//! - `idle-ramp`: S1, RSS per idle connection at increasing counts.
+//! - `suite`: S2 fan-out, S3 burst, S4 unicast, S5 latency, on one set of receivers.
+//! - `churn`: S6, connect + handshake + leave cycles.
+//!
+//! Results are JSON lines on stdout (and appended to `--out`); a summary goes to stderr.
+
+mod fleet;
+mod http;
+mod procfs;
+mod scenarios;
+mod tracker;
+mod wire;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use clap::{Args, Parser, Subcommand};
+
+use crate::fleet::Fleet;
+use crate::http::{Api, ApiKind};
+use crate::procfs::Server;
+use crate::scenarios::{ChurnOpts, Report, SuiteOpts};
+use crate::wire::Spec;
 
 #[derive(Parser)]
 #[command(name = "herald-bench")]
@@ -23,271 +37,305 @@ struct Cli {
     scenario: Scenario,
 }
 
+/// How to reach the server.
+#[derive(Args, Clone)]
+struct Conn {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    target: SocketAddr,
+    /// Socket.IO path.
+    #[arg(long, default_value = "/socket.io/")]
+    path: String,
+    /// Local source addresses to spread connections over (each gives ~28k ports).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    sources: Vec<IpAddr>,
+    /// Engine.IO revision: 4 (socket.io-client 3+) or 3 (2.x; `idle` only).
+    #[arg(long, default_value_t = 4)]
+    eio: u8,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Connect as users `<prefix><n>` (development-mode `userId`); empty: no user.
+    #[arg(long, default_value = "u")]
+    user_prefix: String,
+    /// Distinct users the connections are spread over (0: one user per connection).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+}
+
+impl Conn {
+    fn spec(&self) -> Spec {
+        Spec {
+            target: self.target,
+            path: self.path.clone(),
+            eio: self.eio,
+            user_prefix: self.user_prefix.clone(),
+            users: self.users,
+        }
+    }
+}
+
+/// The measured server and where results go.
+#[derive(Args, Clone)]
+struct Measure {
+    /// PID of the server process (CPU and RSS are read from /proc/PID).
+    #[arg(long)]
+    server_pid: u32,
+    /// Name of the server in the results.
+    #[arg(long, default_value = "herald")]
+    label: String,
+    /// Append JSON results to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl Measure {
+    fn report(&self) -> Report {
+        Report {
+            label: self.label.clone(),
+            out: self.out.clone(),
+        }
+    }
+
+    fn server(&self) -> Server {
+        Server {
+            pid: self.server_pid,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// Hold idle Socket.IO connections.
     Idle {
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        target: SocketAddr,
-        /// Socket.IO path.
-        #[arg(long, default_value = "/socket.io/")]
-        path: String,
+        #[command(flatten)]
+        conn: Conn,
         /// Number of connections.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
-        /// Local source addresses to spread connections over (each gives ~28k ports).
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
-        sources: Vec<IpAddr>,
-        /// Engine.IO revision: 4 (socket.io-client 3+) or 3 (2.x).
-        #[arg(long, default_value_t = 4)]
-        eio: u8,
-        /// Handshakes in flight at once.
-        #[arg(long, default_value_t = 256)]
-        concurrency: usize,
         /// Seconds to hold the connections (0: until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         hold_secs: u64,
-        /// Connect as users `<prefix><n>` (development-mode `userId`); empty: no user.
-        #[arg(long, default_value = "")]
-        user_prefix: String,
-        /// Distinct users the connections are spread over (0: one user per connection).
-        #[arg(long, default_value_t = 0)]
-        users: usize,
+    },
+    /// S1: RSS per idle connection at increasing counts.
+    IdleRamp {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        measure: Measure,
+        /// Connection counts to measure at, in increasing order.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,19500")]
+        steps: Vec<usize>,
+        /// Seconds to wait after the last handshake of a step before reading RSS.
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+    },
+    /// S2–S5: fan-out, burst, unicast, latency on one set of receivers.
+    Suite {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        measure: Measure,
+        /// Which API the server has.
+        #[arg(long, value_enum, default_value = "herald")]
+        api: ApiKind,
+        /// API address (default: the target).
+        #[arg(long)]
+        api_target: Option<SocketAddr>,
+        /// herald API key, if the server wants one.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// herald: push to users durably (`"volatile": false`); default volatile.
+        #[arg(long)]
+        durable: bool,
+        /// Keep-alive HTTP connections of the publisher.
+        #[arg(long, default_value_t = 16)]
+        http_connections: usize,
+        /// Bytes of padding in each pushed data object.
+        #[arg(long, default_value_t = 100)]
+        pad: usize,
+        /// Scenarios, in order.
+        #[arg(long, value_delimiter = ',', default_value = "fanout,burst,unicast,latency")]
+        scenarios: Vec<String>,
+        /// Receiving connections (one user each).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// S2: measured emits (after the warm-up ones).
+        #[arg(long, default_value_t = 20)]
+        fanout_emits: usize,
+        #[arg(long, default_value_t = 2)]
+        fanout_warmup: usize,
+        /// S3: bursts, and emits per burst.
+        #[arg(long, default_value_t = 3)]
+        bursts: usize,
+        #[arg(long, default_value_t = 100)]
+        burst_size: usize,
+        /// S4: pushes to every user this many times.
+        #[arg(long, default_value_t = 3)]
+        unicast_rounds: usize,
+        /// S4: users per request, one run for each value.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        unicast_batch: Vec<usize>,
+        /// S5: pushes per second, one run for each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+        rates: Vec<u64>,
+        /// S5: seconds at each rate.
+        #[arg(long, default_value_t = 10)]
+        rate_secs: u64,
+        /// S5: longest wait for what is still in flight after each rate's window.
+        #[arg(long, default_value_t = 5)]
+        drain_secs: u64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// S6: connect + handshake + leave cycles.
+    Churn {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        measure: Measure,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 300)]
+        secs: u64,
+        /// Seconds of churn before measuring.
+        #[arg(long, default_value_t = 5)]
+        warmup_secs: u64,
+        /// Cycles in flight at once.
+        #[arg(long, default_value_t = 32)]
+        loops: usize,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 10)]
+        sample_secs: u64,
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One thread: the load generator is pinned to one core, and sharing one thread lets
+    // every connection use one read buffer and one tracker without locks.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(cli.scenario))
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::Idle {
-            target,
-            path,
+            conn,
             connections,
-            sources,
-            eio,
-            concurrency,
             hold_secs,
-            user_prefix,
-            users,
         } => {
-            let spec = Spec {
-                target,
-                path,
-                eio,
-                user_prefix,
-                users,
-            };
-            idle(&spec, connections, &sources, concurrency, hold_secs).await
-        }
-    }
-}
-
-/// How to reach the server and who to connect as.
-struct Spec {
-    target: SocketAddr,
-    path: String,
-    eio: u8,
-    user_prefix: String,
-    users: usize,
-}
-
-impl Spec {
-    fn user(&self, i: usize) -> Option<String> {
-        if self.user_prefix.is_empty() {
-            return None;
-        }
-        let n = if self.users == 0 { i } else { i % self.users };
-        Some(format!("{}{n}", self.user_prefix))
-    }
-
-    /// The upgrade request; v3 clients carry the user in the query.
-    fn request(&self, user: Option<&str>) -> String {
-        let (path, eio, target) = (&self.path, self.eio, self.target);
-        let user = match (self.eio, user) {
-            (3, Some(u)) => format!("&userId={u}"),
-            _ => String::new(),
-        };
-        format!(
-            "GET {path}?EIO={eio}&transport=websocket{user} HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-    }
-
-    /// The namespace CONNECT a v4 client sends; v3 clients are connected implicitly.
-    fn connect(&self, user: Option<&str>) -> Option<String> {
-        (self.eio == 4).then(|| match user {
-            Some(u) => format!("40{{\"userId\":\"{u}\"}}"),
-            None => "40".to_owned(),
-        })
-    }
-}
-
-async fn idle(
-    spec: &Spec,
-    n: usize,
-    sources: &[IpAddr],
-    concurrency: usize,
-    hold_secs: u64,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let connected = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(concurrency));
-    let target = spec.target;
-    for i in 0..n {
-        let source = sources[i % sources.len()];
-        let permit = gate.clone().acquire_owned().await?;
-        let (connected, failed) = (connected.clone(), failed.clone());
-        let user = spec.user(i);
-        let request = spec.request(user.as_deref());
-        let connect = spec.connect(user.as_deref());
-        tokio::spawn(async move {
-            match handshake(target, source, &request, connect.as_deref()).await {
-                Ok(stream) => {
-                    connected.fetch_add(1, Ordering::Relaxed);
-                    drop(permit);
-                    hold(stream).await;
-                    connected.fetch_sub(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("connection failed: {e:#}");
-                    }
-                }
+            let mut fleet = Fleet::new(conn.spec(), conn.sources.clone(), conn.concurrency);
+            let secs = fleet.grow(connections, Duration::from_secs(240)).await?;
+            println!(
+                "connected {} failed {} in {secs:.2}s",
+                fleet.alive.get(),
+                fleet.failed.get()
+            );
+            if hold_secs == 0 {
+                tokio::signal::ctrl_c().await?;
+            } else {
+                tokio::time::sleep(Duration::from_secs(hold_secs)).await;
             }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
-        if Instant::now() > deadline {
-            bail!("handshakes did not finish in 120 s");
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "connected {} failed {} in {:.2}s",
-        connected.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-    if hold_secs == 0 {
-        tokio::signal::ctrl_c().await?;
-    } else {
-        tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    }
-    Ok(())
-}
-
-async fn handshake(
-    target: SocketAddr,
-    source: IpAddr,
-    request: &str,
-    connect: Option<&str>,
-) -> anyhow::Result<TcpStream> {
-    let socket = if target.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    let mut stream = socket.connect(target).await.context("connect")?;
-    stream.set_nodelay(true)?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::with_capacity(512);
-    read_until(&mut stream, &mut buf, |b| {
-        find(b, b"\r\n\r\n").map(|i| i + 4)
-    })
-    .await?;
-    if !buf.starts_with(b"HTTP/1.1 101") {
-        bail!("upgrade refused: {}", String::from_utf8_lossy(&buf));
-    }
-    let end = find(&buf, b"\r\n\r\n").map(|i| i + 4).unwrap_or(buf.len());
-    buf.drain(..end);
-    // Engine.IO open packet.
-    let open = next_text(&mut stream, &mut buf).await?;
-    if !open.starts_with('0') {
-        bail!("expected open packet, got {open}");
-    }
-    if let Some(c) = connect {
-        send_text(&mut stream, c).await?;
-    }
-    let connect = next_text(&mut stream, &mut buf).await?;
-    if !connect.starts_with("40") {
-        bail!("expected connect, got {connect}");
-    }
-    Ok(stream)
-}
-
-/// Keeps a connection alive: answers v4 pings; ends when the server closes.
-async fn hold(mut stream: TcpStream) {
-    let mut buf = Vec::new();
-    while let Ok(text) = next_text(&mut stream, &mut buf).await {
-        if text == "2" && send_text(&mut stream, "3").await.is_err() {
-            break;
+        Scenario::IdleRamp {
+            conn,
+            measure,
+            steps,
+            settle_secs,
+        } => {
+            let fleet = Fleet::new(conn.spec(), conn.sources.clone(), conn.concurrency);
+            scenarios::idle_ramp(
+                fleet,
+                &steps,
+                Duration::from_secs(settle_secs),
+                measure.server(),
+                &measure.report(),
+            )
+            .await
         }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn read_until(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    done: impl Fn(&[u8]) -> Option<usize>,
-) -> anyhow::Result<usize> {
-    loop {
-        if let Some(n) = done(buf) {
-            return Ok(n);
+        Scenario::Suite {
+            conn,
+            measure,
+            api,
+            api_target,
+            api_key,
+            durable,
+            http_connections,
+            pad,
+            scenarios,
+            connections,
+            fanout_emits,
+            fanout_warmup,
+            bursts,
+            burst_size,
+            unicast_rounds,
+            unicast_batch,
+            rates,
+            rate_secs,
+            drain_secs,
+            seed,
+        } => {
+            let mut spec = conn.spec();
+            spec.users = connections;
+            let fleet = Fleet::new(spec, conn.sources.clone(), conn.concurrency);
+            let api = Api {
+                kind: api,
+                target: api_target.unwrap_or(conn.target),
+                user_prefix: conn.user_prefix.clone(),
+                durable,
+                key: api_key,
+                pad: "x".repeat(pad),
+            };
+            let opts = SuiteOpts {
+                scenarios,
+                connections,
+                fanout_emits,
+                fanout_warmup,
+                bursts,
+                burst_size,
+                unicast_rounds,
+                unicast_batches: unicast_batch,
+                rates,
+                rate_secs,
+                drain_secs,
+                seed,
+            };
+            scenarios::suite(
+                fleet,
+                api,
+                http_connections,
+                &opts,
+                measure.server(),
+                &measure.report(),
+            )
+            .await
         }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Reads the next server text frame (server frames are unmasked).
-async fn next_text(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<String> {
-    loop {
-        let total = read_until(stream, buf, frame_len).await?;
-        let frame: Vec<u8> = buf.drain(..total).collect();
-        let opcode = frame[0] & 0x0F;
-        let hl = match frame[1] & 0x7F {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        match opcode {
-            1 => return Ok(String::from_utf8_lossy(&frame[hl..]).into_owned()),
-            8 => bail!("closed by server"),
-            _ => continue,
+        Scenario::Churn {
+            conn,
+            measure,
+            secs,
+            warmup_secs,
+            loops,
+            sample_secs,
+        } => {
+            let opts = ChurnOpts {
+                secs,
+                warmup_secs,
+                concurrency: loops,
+                sample_secs,
+            };
+            scenarios::churn(
+                conn.spec(),
+                conn.sources.clone(),
+                &opts,
+                measure.server(),
+                &measure.report(),
+            )
+            .await
         }
     }
-}
-
-fn frame_len(b: &[u8]) -> Option<usize> {
-    if b.len() < 2 {
-        return None;
-    }
-    let (len, hl) = match b[1] & 0x7F {
-        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-        127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().ok()?) as usize, 10),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    (b.len() >= hl + len).then_some(hl + len)
-}
-
-async fn send_text(stream: &mut TcpStream, text: &str) -> anyhow::Result<()> {
-    let mask = [0x37, 0xFA, 0x21, 0x3D];
-    assert!(text.len() < 126, "short control texts only");
-    let mut frame = vec![0x81, 0x80 | text.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    stream.write_all(&frame).await?;
-    Ok(())
 }

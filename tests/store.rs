@@ -1,0 +1,256 @@
+//! The store's contract, run against both backends: SQLite (embedded) and a PostgreSQL
+//! server the test starts itself.
+
+use std::sync::Arc;
+
+use herald::hub::{Message, Target};
+use herald::store::{NewMessage, Retention, Store, StoreConfig, StoreError};
+use tokio::sync::mpsc;
+
+mod common;
+use common::pg::Postgres;
+
+/// A store under test, and the PostgreSQL server behind it if any.
+struct Fixture {
+    store: Store,
+    committed: mpsc::Receiver<Arc<Message>>,
+    _pg: Option<Postgres>,
+}
+
+async fn open(url: String, pg: Option<Postgres>) -> Fixture {
+    let (tx, rx) = mpsc::channel(100_000);
+    let store = Store::open(
+        StoreConfig {
+            url,
+            max_page: 1000,
+            ..StoreConfig::default()
+        },
+        tx,
+    )
+    .await
+    .unwrap();
+    Fixture {
+        store,
+        committed: rx,
+        _pg: pg,
+    }
+}
+
+async fn sqlite() -> Fixture {
+    open("sqlite::memory:".into(), None).await
+}
+
+async fn postgres() -> Fixture {
+    let pg = Postgres::start();
+    let url = pg.database("herald_test");
+    open(url, Some(pg)).await
+}
+
+fn msg(n: u64, users: &[&str]) -> NewMessage {
+    let mut users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    users.sort();
+    users.dedup();
+    NewMessage {
+        id: format!("m{n:06}"),
+        ts: 1_000_000 + n,
+        event: "e".into(),
+        data: format!("{{\"n\":{n}}}"),
+        users,
+        idempotency: None,
+    }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::sqlite().await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::postgres().await).await
+                }
+            }
+        )*
+    };
+}
+
+both!(
+    seq_is_gapless_and_ordered_under_concurrent_pushes,
+    idempotency_keys_return_the_first_answer,
+    read_state_clamps_and_never_goes_back,
+    acks_record_delivery_and_device_position,
+    retention_removes_old_and_excess_messages,
+    pages_follow_after_and_limit,
+);
+
+async fn seq_is_gapless_and_ordered_under_concurrent_pushes(mut f: Fixture) {
+    let users = ["ann", "bob", "cat", "dan", "eve"];
+    let tasks: Vec<_> = (0..20u64)
+        .map(|t| {
+            let store = f.store.clone();
+            tokio::spawn(async move {
+                for i in 0..25u64 {
+                    let n = t * 100 + i;
+                    let picked: Vec<&str> = users
+                        .iter()
+                        .enumerate()
+                        .filter(|(k, _)| (n as usize + k) % 3 != 0)
+                        .map(|(_, u)| *u)
+                        .collect();
+                    store.append(msg(n, &picked)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut total = 0;
+    for user in users {
+        let page = f.store.messages(user, 0, 1000).await.unwrap();
+        let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "{user}: gap or duplicate");
+        total += seqs.len();
+        assert_eq!(f.store.unread(user).await.unwrap().last_seq, seqs.len() as u64);
+    }
+    // The dispatcher sees every copy once, each user's in seq order.
+    let mut last = std::collections::HashMap::new();
+    let mut seen = 0;
+    while seen < total {
+        let m = f.committed.recv().await.unwrap();
+        let Target::Stored(seqs) = &m.target else {
+            panic!("stored messages carry seqs");
+        };
+        for (user, seq) in seqs {
+            let prev = last.insert(user.clone(), *seq).unwrap_or(0);
+            assert_eq!(*seq, prev + 1, "{user} out of order");
+            seen += 1;
+        }
+    }
+}
+
+async fn idempotency_keys_return_the_first_answer(mut f: Fixture) {
+    let mut m = msg(1, &["ann", "bob"]);
+    m.idempotency = Some(("key-1".into(), "fp-a".into()));
+    let first = f.store.append(m.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    let mut again = m.clone();
+    again.id = "other-id".into();
+    let second = f.store.append(again).await.unwrap();
+    assert!(second.duplicate);
+    assert_eq!((second.id.as_str(), &second.seqs), (first.id.as_str(), &first.seqs));
+    let mut conflict = m.clone();
+    conflict.id = "third-id".into();
+    conflict.idempotency = Some(("key-1".into(), "fp-b".into()));
+    assert!(matches!(
+        f.store.append(conflict).await,
+        Err(StoreError::IdempotencyConflict)
+    ));
+    // Nothing new was stored, and only the first was dispatched.
+    assert_eq!(f.store.unread("ann").await.unwrap().last_seq, 1);
+    assert!(f.committed.recv().await.is_some());
+    assert!(f.committed.try_recv().is_err());
+}
+
+async fn read_state_clamps_and_never_goes_back(f: Fixture) {
+    for n in 1..=5 {
+        f.store.append(msg(n, &["ann"])).await.unwrap();
+    }
+    assert_eq!(f.store.mark_read("ann", 3).await.unwrap(), 3);
+    let u = f.store.unread("ann").await.unwrap();
+    assert_eq!((u.unread, u.last_seq, u.read_up_to), (2, 5, 3));
+    // Backwards is ignored; beyond the last seq is clamped.
+    assert_eq!(f.store.mark_read("ann", 1).await.unwrap(), 3);
+    assert_eq!(f.store.mark_read("ann", u64::MAX).await.unwrap(), 5);
+    assert_eq!(f.store.unread("ann").await.unwrap().unread, 0);
+    // A user with nothing stored stays at zero.
+    assert_eq!(f.store.mark_read("nobody", 7).await.unwrap(), 0);
+    let page = f.store.messages("ann", 0, 10).await.unwrap();
+    assert!(page.iter().all(|m| m.read_at.is_some()));
+}
+
+async fn acks_record_delivery_and_device_position(f: Fixture) {
+    let a = f.store.append(msg(1, &["ann", "bob"])).await.unwrap();
+    f.store.append(msg(2, &["ann"])).await.unwrap();
+    f.store.mark_delivered("ann", 1, Some("phone"));
+    f.store.mark_delivered("ann", 2, Some("phone"));
+    f.store.mark_delivered("ann", 1, Some("laptop"));
+    // A write after the acks commits after them.
+    f.store.mark_read("ann", 0).await.unwrap();
+    assert_eq!(f.store.device_acked("ann", "phone").await.unwrap(), Some(2));
+    assert_eq!(f.store.device_acked("ann", "laptop").await.unwrap(), Some(1));
+    assert_eq!(f.store.device_acked("ann", "tablet").await.unwrap(), None);
+    let state = f.store.message_state(&a.id).await.unwrap().unwrap();
+    assert_eq!(state.recipients.len(), 2);
+    let ann = state.recipients.iter().find(|r| r.user == "ann").unwrap();
+    let bob = state.recipients.iter().find(|r| r.user == "bob").unwrap();
+    assert!(ann.delivered_at.is_some());
+    assert!(bob.delivered_at.is_none());
+    assert!(f.store.message_state("no-such-id").await.unwrap().is_none());
+}
+
+async fn retention_removes_old_and_excess_messages(f: Fixture) {
+    for n in 1..=6 {
+        f.store.append(msg(n, &["ann"])).await.unwrap();
+    }
+    // Keep at most 4 per user: seqs 1 and 2 go.
+    let removed = f
+        .store
+        .sweep(Retention {
+            now_ms: 1_000_000,
+            max_age_ms: u64::MAX / 2,
+            max_messages: 4,
+            idempotency_window_ms: u64::MAX / 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let seqs: Vec<u64> = f
+        .store
+        .messages("ann", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6]);
+    assert!(f.store.message_state("m000001").await.unwrap().is_none());
+    // Older than the age limit: ts 1_000_003 and 1_000_004 go.
+    let removed = f
+        .store
+        .sweep(Retention {
+            now_ms: 1_000_010,
+            max_age_ms: 5,
+            max_messages: 100,
+            idempotency_window_ms: u64::MAX / 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let page = f.store.messages("ann", 0, 10).await.unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![5, 6]);
+    // Seqs keep counting after removals.
+    let next = f.store.append(msg(7, &["ann"])).await.unwrap();
+    assert_eq!(next.seqs, vec![("ann".to_string(), 7)]);
+}
+
+async fn pages_follow_after_and_limit(f: Fixture) {
+    for n in 1..=25 {
+        f.store.append(msg(n, &["ann"])).await.unwrap();
+    }
+    let page = f.store.messages("ann", 10, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert_eq!(page[0].data.get(), "{\"n\":11}");
+    assert!(f.store.messages("ann", 25, 5).await.unwrap().is_empty());
+    assert!(f.store.messages("ann", u64::MAX, 5).await.unwrap().is_empty());
+    assert!(f.store.messages("nobody", 0, 5).await.unwrap().is_empty());
+    // The page size is capped by max_page.
+    assert_eq!(f.store.messages("ann", 0, 1_000_000).await.unwrap().len(), 25);
+}
