@@ -300,7 +300,7 @@ pub async fn receive(conn: Conn, eio: u8, mut on_text: impl FnMut(&[u8])) -> End
         if let Err(e) = stream.readable().await {
             return End::Error(e);
         }
-        let got = SCRATCH.with_borrow_mut(|scratch| {
+        let got = SCRATCH.with_borrow_mut(|scratch| -> io::Result<usize> {
             let n = stream.try_read(scratch)?;
             if n == 0 {
                 return Ok(0);
