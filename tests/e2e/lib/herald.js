@@ -109,7 +109,11 @@ function buildArgs({ listen, devAuth, demo, configFile, args }) {
 
 function spawnHerald(argv, env) {
   const bin = heraldBin();
-  const child = spawn(bin, argv, { env, stdio: ["ignore", "pipe", "pipe"] });
+  // Each server runs in a scratch directory of its own, so its embedded message store
+  // (./herald-data) never lands in the repository and never leaks between tests.
+  const cwd = mkdtempSync(join(tmpdir(), "herald-e2e-run-"));
+  const child = spawn(bin, argv, { env, cwd, stdio: ["ignore", "pipe", "pipe"] });
+  child.once("close", () => rmSync(cwd, { recursive: true, force: true }));
   children.add(child);
   let stdout = "";
   let stderr = "";
