@@ -174,6 +174,17 @@ export class ClientPool {
     });
   }
 
+  /**
+   * Create a socket without waiting, so that listeners can be attached before any
+   * packet arrives (as applications do); it is closed by closeAll().
+   */
+  open(version, url, creds, opts = {}) {
+    const client = CLIENTS[version];
+    const socket = client.make(url, creds, opts);
+    this.sockets.set(socket, client);
+    return socket;
+  }
+
   /** Open a socket that must connect; resolves with the socket. */
   async connect(version, url, creds, opts = {}, ms = WAIT_MS) {
     const res = await this.attempt(version, url, creds, opts, ms);
