@@ -117,7 +117,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sen
             };
             match apply(&tx, op) {
                 Ok(d) => done.push(d),
-                Err((d, e)) => {
+                Err(failed) => {
+                    let (d, e) = *failed;
                     done.push(d);
                     break Err(e);
                 }
@@ -132,7 +133,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sen
     });
 }
 
-type Applied = Result<Done, (Done, rusqlite::Error)>;
+/// A failed op keeps its reply, so the caller hears of the failure (boxed: it is large).
+type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 
 fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
     match op {
@@ -144,7 +146,10 @@ fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
                 Ok(Done::Append(reply, Ok(a), m))
             }
             Ok(Err(e)) => Ok(Done::Append(reply, Err(e), None)),
-            Err(e) => Err((Done::Append(reply, Err(StoreError::Closed), None), e)),
+            Err(e) => Err(Box::new((
+                Done::Append(reply, Err(StoreError::Closed), None),
+                e,
+            ))),
         },
         WriteOp::Read {
             user,
@@ -153,7 +158,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
             reply,
         } => match mark_read(tx, &user, up_to, at) {
             Ok(v) => Ok(Done::Read(reply, v)),
-            Err(e) => Err((Done::Read(reply, 0), e)),
+            Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
         WriteOp::Delivered {
             user,
@@ -162,11 +167,11 @@ fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
             at,
         } => match delivered(tx, &user, seq, device.as_deref(), at) {
             Ok(()) => Ok(Done::Nothing),
-            Err(e) => Err((Done::Nothing, e)),
+            Err(e) => Err(Box::new((Done::Nothing, e))),
         },
         WriteOp::Sweep(r, reply) => match sweep(tx, r) {
             Ok(n) => Ok(Done::Sweep(reply, n)),
-            Err(e) => Err((Done::Sweep(reply, 0), e)),
+            Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
         },
     }
 }
