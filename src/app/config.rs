@@ -14,6 +14,7 @@ use crate::auth::AuthConfig;
 use crate::hub::HubConfig;
 use crate::protocol::SocketIoConfig;
 use crate::push::PushConfig;
+use crate::router::cluster::ClusterConfig;
 use crate::store::StoreConfig;
 use crate::transport::{EngineConfig, OverflowPolicy};
 
@@ -158,6 +159,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub hub: HubConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub demo: DemoSection,
 }
 
@@ -173,6 +175,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             hub: HubConfig::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
             demo: DemoSection::default(),
         }
     }
@@ -260,6 +263,15 @@ impl Config {
         {
             bail!("store.url must be postgres://…, sqlite:PATH or empty, got `{url}`");
         }
+        if !self.cluster.redis.is_empty() {
+            crate::router::cluster::parse_url(&self.cluster.redis).map_err(anyhow::Error::msg)?;
+            if self.store.url.is_empty() || self.store.url.starts_with("sqlite:") {
+                tracing::warn!(
+                    "cluster mode with an embedded store: each node has its own inbox; \
+                     set store.url to a shared PostgreSQL"
+                );
+            }
+        }
         if self.store.max_batch == 0 || self.store.max_page == 0 {
             bail!("store.max_batch and store.max_page must be positive");
         }
@@ -276,6 +288,7 @@ impl Config {
     pub fn redacted(&self) -> anyhow::Result<String> {
         let mut c = self.clone();
         c.store.url = redact_url(&c.store.url);
+        c.cluster.redis = redact_url(&c.cluster.redis);
         if !c.auth.jwt_secret.is_empty() {
             c.auth.jwt_secret = "<hidden>".into();
         }

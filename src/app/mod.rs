@@ -17,7 +17,8 @@ use crate::protocol::{
     Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket, SocketIo,
 };
 use crate::push::{self, PushService};
-use crate::router::{LocalRouter, Router};
+use crate::router::cluster::ClusterRouter;
+use crate::router::{self, LocalRouter, Router};
 use crate::store::Store;
 use crate::transport::{self, Engine, EngineHandler, Fallback};
 
@@ -46,6 +47,7 @@ struct Devices {
     auth: Authenticator,
     hub: Arc<Hub>,
     store: Store,
+    router: Arc<dyn Router>,
 }
 
 /// A credential from the `auth` object (v5 clients), else the query (v4 clients).
@@ -91,9 +93,11 @@ impl Handler for Devices {
             .user(hs)
             .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
         let (resume, device) = resume_of(hs)?;
-        self.hub
+        let here = self
+            .hub
             .join(&user, socket, resume != Resume::Live)
             .map_err(|e| ConnectError::new(e.to_string()))?;
+        self.router.local_presence(&user, here);
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
         socket.set_data(Client { user, device });
         Ok(())
@@ -103,11 +107,21 @@ impl Handler for Devices {
         let Ok((resume, _)) = resume_of(hs) else {
             return;
         };
-        if resume == Resume::Live {
-            return;
-        }
         let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());
-        tokio::spawn(async move { replay(hub, store, socket, resume).await });
+        if resume != Resume::Live {
+            tokio::spawn(async move { resume_from(hub, store, socket, resume).await });
+        } else if self.router.is_cluster() {
+            // In a cluster this node may miss messages while Redis is away; a live
+            // connection's position lets it be caught up then.
+            tokio::spawn(async move {
+                let Some(client) = socket.data::<Client>() else {
+                    return;
+                };
+                if let Ok(u) = store.unread(&client.user).await {
+                    hub.set_floor(&client.user, &socket, u.last_seq);
+                }
+            });
+        }
     }
 
     fn on_event(&self, socket: &Socket, event: Event) {
@@ -166,60 +180,41 @@ impl Handler for Devices {
 
     fn on_disconnect(&self, socket: &Socket, reason: DisconnectReason) {
         if let Some(client) = socket.data::<Client>() {
-            self.hub.leave(&client.user, socket);
+            let here = self.hub.leave(&client.user, socket);
+            self.router.local_presence(&client.user, here);
             tracing::debug!(user = %client.user, socket = %socket.id(), reason = reason.as_str(), "disconnected");
         }
     }
 }
 
-/// Replays stored messages to a resuming socket, page by page, then makes it live. Live
-/// stored messages that arrive meanwhile are held by the hub and sent after, so the
-/// client sees every seq once, in order.
-async fn replay(hub: Arc<Hub>, store: Store, socket: Socket, resume: Resume) {
+/// Replays stored messages to a resuming socket from where it asked, then makes it live.
+async fn resume_from(hub: Arc<Hub>, store: Store, socket: Socket, resume: Resume) {
     let Some(client) = socket.data::<Client>() else {
         return;
     };
-    let user = client.user.as_str();
-    let mut after = match resume {
+    let user = client.user.clone();
+    let after = match resume {
         Resume::Since(n) => n,
         Resume::Device => {
             let device = client.device.as_deref().unwrap_or_default();
-            match store.device_acked(user, device).await {
+            match store.device_acked(&user, device).await {
                 Ok(Some(n)) => n,
-                // A device seen for the first time starts live.
-                Ok(None) => match store.unread(user).await {
-                    Ok(u) => u.last_seq,
-                    Err(_) => return socket.close_transport(),
+                // A device seen for the first time starts live: it gets what arrived
+                // since it joined (held meanwhile), and nothing older.
+                Ok(None) => match hub.finish_replay(&user, &socket) {
+                    ReplayEnd::Live | ReplayEnd::Gone => return,
+                    // More arrived than could be held: read them from the store.
+                    ReplayEnd::ReadOn(_) => match store.unread(&user).await {
+                        Ok(u) => u.last_seq.saturating_sub(hub.max_replay_buffer() as u64),
+                        Err(_) => return socket.close_transport(),
+                    },
                 },
                 Err(_) => return socket.close_transport(),
             }
         }
         Resume::Live => return,
     };
-    let page = store.config().max_page.min(500);
-    loop {
-        let msgs = match store.messages(user, after, page).await {
-            Ok(m) => m,
-            Err(e) => {
-                // The client reconnects and resumes again; nothing is skipped.
-                tracing::warn!(user, error = %e, "replay failed");
-                return socket.close_transport();
-            }
-        };
-        if !hub.replay_page(user, &socket, &msgs) {
-            return;
-        }
-        if let Some(last) = msgs.last() {
-            after = last.seq;
-        }
-        if msgs.len() == page {
-            continue;
-        }
-        match hub.finish_replay(user, &socket) {
-            ReplayEnd::Live | ReplayEnd::Gone => return,
-            ReplayEnd::ReadOn(seq) => after = seq,
-        }
-    }
+    router::catch_up(hub, store, socket, user, after).await;
 }
 
 /// One herald node: its layers, wired together. Built from the configuration, then run
@@ -230,6 +225,9 @@ pub struct Node {
     pub push: Arc<PushService>,
     pub store: Store,
     pub engine: Engine,
+    pub router: Arc<dyn Router>,
+    /// The cluster router, when `[cluster] redis` is set.
+    pub cluster: Option<ClusterRouter>,
     http: Arc<HttpService>,
 }
 
@@ -247,22 +245,30 @@ impl Node {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }
         let hub = Arc::new(Hub::new(config.hub.clone()));
-        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub.clone()));
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
         let store = Store::open(config.store.clone(), committed)
             .await
             .context("cannot open the message store")?;
+        let (router, cluster): (Arc<dyn Router>, _) = if config.cluster.redis.is_empty() {
+            (Arc::new(LocalRouter::new(hub.clone(), store.clone())), None)
+        } else {
+            let c = ClusterRouter::start(&config.cluster, hub.clone(), store.clone())
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(node = c.node(), "cluster mode");
+            (Arc::new(c.clone()), Some(c))
+        };
         tokio::spawn(push::dispatch(to_dispatch, router.clone()));
         tokio::spawn(
             store
                 .clone()
                 .sweeper(config.api.idempotency_window_secs.saturating_mul(1000)),
         );
-        let push = Arc::new(PushService::new(config.push(), router, store.clone()));
+        let push = Arc::new(PushService::new(config.push(), router.clone(), store.clone()));
         let devices = Arc::new(Devices {
             auth,
             hub: hub.clone(),
             store: store.clone(),
+            router: router.clone(),
         });
         let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
         let engine = Engine::new(
@@ -273,6 +279,9 @@ impl Node {
             push: push.clone(),
             hub: hub.clone(),
             store: store.clone(),
+            router: router.clone(),
+            engine: engine.clone(),
+            cluster: cluster.clone(),
             keys: Arc::new(config.api.keys.clone()),
             open: config.dev_auth,
         };
@@ -287,6 +296,8 @@ impl Node {
             push,
             store,
             engine,
+            router,
+            cluster,
             http,
         })
     }
@@ -307,6 +318,9 @@ impl Node {
         .await;
         if let Some(d) = demo {
             d.abort();
+        }
+        if let Some(c) = &self.cluster {
+            c.leave_cluster().await;
         }
     }
 }

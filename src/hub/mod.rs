@@ -84,8 +84,11 @@ pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Ve
 struct Member {
     socket: Socket,
     /// Highest stored seq queued to this connection; stored messages at or below it are
-    /// not sent again.
+    /// not sent again. 0 until the first one.
     last_seq: u64,
+    /// The user's last seq when a live connection joined: where a catch-up starts if the
+    /// connection has had nothing since (cluster only).
+    floor: u64,
     /// Set while the connection replays stored messages: live stored messages wait here.
     replay: Option<Box<Replay>>,
 }
@@ -96,6 +99,22 @@ struct Replay {
     held: Vec<(u64, Vec<Outbound>)>,
     /// More arrived than the buffer holds; the replay must read on from the store.
     overflowed: bool,
+}
+
+/// What a delivery did.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Connections the message was queued to (or held for, during a replay).
+    pub queued: usize,
+    /// Connections that missed stored messages (a seq arrived past a gap, as can happen
+    /// when nodes publish out of order): `(user, socket, last seq sent)`. They now hold
+    /// live messages; the caller catches them up from the store.
+    pub gaps: Vec<(String, Socket, u64)>,
+}
+
+enum Offer {
+    Queued(usize),
+    Gap(u64),
 }
 
 /// What a replay should do after [`Hub::finish_replay`].
@@ -159,10 +178,11 @@ impl Hub {
 
     /// Adds a socket to its user's room, unless the user is at the connection limit.
     /// A `resuming` socket holds live stored messages until its replay finishes.
-    pub fn join(&self, user: &str, socket: &Socket, resuming: bool) -> Result<(), JoinError> {
+    pub fn join(&self, user: &str, socket: &Socket, resuming: bool) -> Result<usize, JoinError> {
         let member = Member {
             socket: socket.clone(),
             last_seq: 0,
+            floor: 0,
             replay: resuming.then(Box::default),
         };
         let mut shard = self.shard(user).lock();
@@ -171,21 +191,77 @@ impl Hub {
                 return Err(JoinError::TooManyConnections);
             }
             members.push(member);
+            Ok(members.len())
         } else {
             shard.insert(Arc::from(user), vec![member]);
+            Ok(1)
         }
-        Ok(())
     }
 
-    /// Removes a socket from its user's room; the room goes when it is empty.
-    pub fn leave(&self, user: &str, socket: &Socket) {
+    /// Removes a socket from its user's room (the room goes when it is empty); returns
+    /// how many connections the user has left here.
+    pub fn leave(&self, user: &str, socket: &Socket) -> usize {
         let mut shard = self.shard(user).lock();
-        if let Some(members) = shard.get_mut(user) {
-            members.retain(|m| &m.socket != socket);
-            if members.is_empty() {
-                shard.remove(user);
+        let Some(members) = shard.get_mut(user) else {
+            return 0;
+        };
+        members.retain(|m| &m.socket != socket);
+        let left = members.len();
+        if left == 0 {
+            shard.remove(user);
+        }
+        left
+    }
+
+    /// Every user held here, with their connection count.
+    pub fn user_counts(&self) -> Vec<(String, usize)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .iter()
+                    .map(|(u, ms)| (u.to_string(), ms.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Puts every live connection that has a known position into replay mode (holding
+    /// live messages) and returns them with that position, to be caught up from the
+    /// store after this node missed messages.
+    pub fn hold_all(&self) -> Vec<(String, Socket, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (user, members) in shard.iter_mut() {
+                for m in members.iter_mut() {
+                    let at = m.last_seq.max(m.floor);
+                    if m.replay.is_none() && at > 0 {
+                        m.replay = Some(Box::default());
+                        out.push((user.to_string(), m.socket.clone(), at));
+                    }
+                }
             }
         }
+        out
+    }
+
+    /// Records where a live connection started (its user's last seq when it joined),
+    /// so that a catch-up after this node missed messages knows where it stands. Only a
+    /// catch-up uses it: live delivery does not skip anything because of it.
+    pub fn set_floor(&self, user: &str, socket: &Socket, seq: u64) {
+        let mut shard = self.shard(user).lock();
+        if let Some(m) = shard
+            .get_mut(user)
+            .and_then(|ms| ms.iter_mut().find(|m| &m.socket == socket))
+        {
+            m.floor = seq;
+        }
+    }
+
+    /// Live messages held per connection during a replay.
+    pub fn max_replay_buffer(&self) -> usize {
+        self.config.max_replay_buffer
     }
 
     /// Number of this user's connections on this node.
@@ -206,10 +282,10 @@ impl Hub {
             .sum()
     }
 
-    /// Queues a message for every local connection of its target; returns how many
-    /// connections it was queued to (or held for, during a replay).
-    pub fn deliver(&self, msg: &Message) -> usize {
+    /// Queues a message for every local connection of its target.
+    pub fn deliver(&self, msg: &Message) -> Delivery {
         let mut queued = 0;
+        let mut gaps = Vec::new();
         match &msg.target {
             Target::Users(users) => {
                 let packets = msg.encode();
@@ -238,33 +314,47 @@ impl Hub {
                     // Encoded once per user: the ack id (the seq) differs between users.
                     let packets = msg.encode_stored(*seq);
                     for m in members.iter_mut() {
-                        queued += self.offer(m, *seq, &packets);
+                        match self.offer(m, *seq, &packets) {
+                            Offer::Queued(n) => queued += n,
+                            Offer::Gap(after) => {
+                                queued += 1;
+                                gaps.push((user.clone(), m.socket.clone(), after));
+                            }
+                        }
                     }
                 }
             }
         }
-        queued
+        Delivery { queued, gaps }
     }
 
     /// Sends or holds one stored copy for one connection.
-    fn offer(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> usize {
+    fn offer(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> Offer {
         if let Some(replay) = m.replay.as_mut() {
             if replay.overflowed {
-                return 0;
+                return Offer::Queued(0);
             }
             if replay.held.len() >= self.config.max_replay_buffer {
                 replay.held = Vec::new();
                 replay.overflowed = true;
-                return 0;
+                return Offer::Queued(0);
             }
             replay.held.push((seq, packets.to_vec()));
-            return 1;
+            return Offer::Queued(1);
         }
         if seq <= m.last_seq {
-            return 0;
+            return Offer::Queued(0);
+        }
+        if m.last_seq > 0 && seq > m.last_seq + 1 {
+            // Something between was missed: hold this one and read the rest first.
+            m.replay = Some(Box::new(Replay {
+                held: vec![(seq, packets.to_vec())],
+                overflowed: false,
+            }));
+            return Offer::Gap(m.last_seq);
         }
         m.last_seq = seq;
-        self.send(std::iter::once(&m.socket), packets)
+        Offer::Queued(self.send(std::iter::once(&m.socket), packets))
     }
 
     /// Sends a page of stored messages to a replaying connection, skipping what it

@@ -324,9 +324,7 @@ mod tests {
 
     async fn service() -> PushService {
         let hub = Arc::new(Hub::new(Default::default()));
-        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(dispatch(rx, router.clone()));
         let store = Store::open(
             StoreConfig {
                 url: "sqlite::memory:".into(),
@@ -336,6 +334,8 @@ mod tests {
         )
         .await
         .unwrap();
+        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub, store.clone()));
+        tokio::spawn(dispatch(rx, router.clone()));
         PushService::new(PushConfig::default(), router, store)
     }
 

@@ -57,13 +57,15 @@ pub(super) fn start(
     committed: mpsc::Sender<Arc<Message>>,
 ) -> Result<(), StoreError> {
     let target = cfg.url.strip_prefix("sqlite:").unwrap_or("");
+    // `:memory:` is a throwaway database (tests, trials): a WAL file in the temporary
+    // directory, removed when the store closes. (A shared-cache in-memory database
+    // would make the reader fail on the writer's table locks.)
+    let mut scratch = None;
     let (path, uri) = if target == ":memory:" {
-        // Two connections must see one in-memory database: a named shared cache.
         let name: u64 = rand::random();
-        (
-            format!("file:herald-{name:x}?mode=memory&cache=shared"),
-            true,
-        )
+        let p = std::env::temp_dir().join(format!("herald-{name:016x}.db"));
+        scratch = Some(p.clone());
+        (p.to_string_lossy().into_owned(), false)
     } else if target.is_empty() {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data dir {}: {e}", cfg.data_dir))
@@ -92,6 +94,14 @@ pub(super) fn start(
                     }
                 }
                 commit(&mut writer, &mut batch, &committed);
+            }
+            drop(writer);
+            if let Some(p) = scratch {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut f = p.clone().into_os_string();
+                    f.push(suffix);
+                    let _ = std::fs::remove_file(f);
+                }
             }
         })
         .map_err(|e| StoreError::Backend(e.to_string()))?;

@@ -1,0 +1,488 @@
+//! The cluster router: nodes share pushes through Redis, and a push costs work only on
+//! the nodes holding its users.
+//!
+//! - Each node subscribes to the channel `herald:u:<user>` while it holds at least one
+//!   connection of that user, and to `herald:all` for broadcasts. A push is delivered to
+//!   the entry node's own connections directly and published to each target user's
+//!   channel: Redis hands it only to the nodes subscribed, so a node holding none of the
+//!   user's connections receives nothing. The routing table is the set of subscriptions,
+//!   which Redis drops with a node's connection when the node dies.
+//! - Presence: `herald:presence:<user>` is a hash of node id → connections there; a node
+//!   is alive while its key `herald:node:<id>` exists (refreshed every third of
+//!   `presence_ttl_secs`). Presence counts only live nodes, so a killed node drops out
+//!   within the TTL; a janitor on every node then removes the dead node's entries
+//!   (listed in `herald:node:<id>:users`) so nothing stays behind.
+//! - Redis down: pushes are still stored and delivered on the entry node; when Redis is
+//!   back each node resubscribes and catches every local connection up from the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::resp::{Commands, Published, Reply, Subscriber};
+use crate::hub::{Hub, Message, Target};
+use crate::store::Store;
+use crate::transport::engine::Counter;
+
+/// Cluster settings (`[cluster]` in the config file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port` of the Redis the nodes share; empty for a single
+    /// node. Default empty.
+    pub redis: String,
+    /// This node's id in presence; empty picks a random one at start. Default empty.
+    pub node_id: String,
+    /// Seconds after which a node that stopped refreshing its liveness key drops out of
+    /// presence. Default 10.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: String::new(),
+            node_id: String::new(),
+            presence_ttl_secs: 10,
+        }
+    }
+}
+
+/// Cluster counters.
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// Messages this node published to Redis.
+    pub published: Counter,
+    /// Messages this node received from Redis (pushes for users it holds, broadcasts).
+    pub received: Counter,
+    /// Publishes that failed because Redis was unreachable.
+    pub publish_failures: Counter,
+    /// Times this node (re)connected to Redis.
+    pub connects: Counter,
+}
+
+/// A push as it crosses Redis.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire<'a> {
+    /// Origin node: it skips its own messages, having delivered them directly.
+    o: &'a str,
+    i: &'a str,
+    t: u64,
+    e: &'a str,
+    #[serde(borrow)]
+    d: &'a RawValue,
+    /// The user's seq, for stored messages.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    s: Option<u64>,
+}
+
+struct Shared {
+    node: String,
+    hub: Arc<Hub>,
+    store: Store,
+    addr: String,
+    password: Option<String>,
+    ttl: Duration,
+    /// The current command connection, while Redis is reachable.
+    commands: Mutex<Option<Commands>>,
+    /// The current subscriber connection, while Redis is reachable.
+    subscriber: Mutex<Option<Subscriber>>,
+    /// Redis reachable and this node's subscriptions in place.
+    up: AtomicBool,
+    metrics: ClusterMetrics,
+}
+
+/// Routes through Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterRouter(Arc<Shared>);
+
+fn channel(user: &str) -> Vec<u8> {
+    let mut c = b"herald:u:".to_vec();
+    c.extend_from_slice(user.as_bytes());
+    c
+}
+
+const ALL: &[u8] = b"herald:all";
+
+/// `(host:port, password)` from `redis://[:password@]host[:port][/db]`.
+pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("cluster.redis must start with redis://, got `{url}`"))?;
+    let rest = rest.split('/').next().unwrap_or_default();
+    let (password, host) = match rest.rsplit_once('@') {
+        Some((creds, host)) => {
+            let pw = creds.split_once(':').map_or(creds, |(_, p)| p);
+            (Some(pw.to_owned()).filter(|p| !p.is_empty()), host)
+        }
+        None => (None, rest),
+    };
+    if host.is_empty() {
+        return Err(format!("cluster.redis has no host: `{url}`"));
+    }
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:6379")
+    };
+    Ok((host, password))
+}
+
+impl ClusterRouter {
+    /// Starts the router's connection supervisor and heartbeat; it connects (and
+    /// reconnects) to Redis in the background, so a node starts even with Redis down.
+    pub fn start(config: &ClusterConfig, hub: Arc<Hub>, store: Store) -> Result<ClusterRouter, String> {
+        let (addr, password) = parse_url(&config.redis)?;
+        let node = if config.node_id.is_empty() {
+            format!("{:016x}", rand::random::<u64>())
+        } else {
+            config.node_id.clone()
+        };
+        let shared = Arc::new(Shared {
+            node,
+            hub,
+            store,
+            addr,
+            password,
+            ttl: Duration::from_secs(config.presence_ttl_secs.max(2)),
+            commands: Mutex::new(None),
+            subscriber: Mutex::new(None),
+            up: AtomicBool::new(false),
+            metrics: ClusterMetrics::default(),
+        });
+        let router = ClusterRouter(shared);
+        tokio::spawn(router.clone().supervise());
+        tokio::spawn(router.clone().heartbeat());
+        Ok(router)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.0.node
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.0.metrics
+    }
+
+    /// Whether Redis is reachable and this node's subscriptions are in place.
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
+
+    fn commands(&self) -> Option<Commands> {
+        self.0.commands.lock().clone()
+    }
+
+    /// Connects, subscribes, registers presence; on every reconnect also catches local
+    /// connections up from the store. Runs until the process ends.
+    async fn supervise(self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            match self.connect().await {
+                Ok((cmd_closed, sub_closed)) => {
+                    backoff = Duration::from_millis(100);
+                    self.0.metrics.connects.inc();
+                    self.0.up.store(true, Ordering::Relaxed);
+                    tracing::info!(node = %self.0.node, redis = %self.0.addr, "cluster connected");
+                    if !first {
+                        self.catch_up_all();
+                    }
+                    first = false;
+                    tokio::select! {
+                        _ = cmd_closed => {}
+                        _ = sub_closed => {}
+                    }
+                    self.0.up.store(false, Ordering::Relaxed);
+                    *self.0.commands.lock() = None;
+                    *self.0.subscriber.lock() = None;
+                    tracing::warn!(node = %self.0.node, "cluster connection to Redis lost; pushes stay local until it is back");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot reach Redis");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Receiver<()>), String> {
+        let (cmds, cmd_closed) = Commands::connect(&self.0.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel::<Published>(65_536);
+        let (sub, sub_closed) = Subscriber::connect(&self.0.addr, tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(pw) = &self.0.password {
+            cmds.call(&[b"AUTH", pw.as_bytes()])
+                .await
+                .map_err(|e| e.to_string())?;
+            // The subscriber authenticates before it subscribes (commands are ordered).
+            let mut auth = Vec::new();
+            super::resp::encode(&[b"AUTH", pw.as_bytes()], &mut auth);
+            sub.raw(auth).map_err(|e| e.to_string())?;
+        }
+        tokio::spawn(self.clone().receive(rx));
+        // Subscriptions and presence for every user held here.
+        let users = self.0.hub.user_counts();
+        let mut channels: Vec<Vec<u8>> = users.iter().map(|(u, _)| channel(u)).collect();
+        channels.push(ALL.to_vec());
+        for chunk in channels.chunks(512) {
+            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            sub.subscribe(&refs).map_err(|e| e.to_string())?;
+        }
+        let node = self.0.node.as_bytes();
+        let ttl = self.0.ttl.as_secs().to_string();
+        cmds.call(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()])
+            .await
+            .map_err(|e| e.to_string())?;
+        cmds.call(&[b"SADD", b"herald:nodes", node])
+            .await
+            .map_err(|e| e.to_string())?;
+        for (user, n) in &users {
+            register(&cmds, &self.0.node, user, *n);
+        }
+        *self.0.commands.lock() = Some(cmds);
+        *self.0.subscriber.lock() = Some(sub);
+        Ok((cmd_closed, sub_closed))
+    }
+
+    /// Delivers what other nodes publish.
+    async fn receive(self, mut rx: mpsc::Receiver<Published>) {
+        while let Some(p) = rx.recv().await {
+            let Ok(w) = serde_json::from_slice::<Wire<'_>>(&p.payload) else {
+                tracing::warn!("undecodable cluster message ignored");
+                continue;
+            };
+            if w.o == self.0.node {
+                continue;
+            }
+            self.0.metrics.received.inc();
+            let target = if p.channel == ALL {
+                Target::All
+            } else {
+                let Some(user) = p.channel.strip_prefix(b"herald:u:") else {
+                    continue;
+                };
+                let user = String::from_utf8_lossy(user).into_owned();
+                match w.s {
+                    Some(seq) => Target::Stored(vec![(user, seq)]),
+                    None => Target::Users(vec![user]),
+                }
+            };
+            let msg = Message {
+                id: w.i.to_owned(),
+                ts: w.t,
+                event: w.e.to_owned(),
+                data: w.d.to_owned(),
+                target,
+            };
+            let delivery = self.0.hub.deliver(&msg);
+            super::catch_up_gaps(&self.0.hub, &self.0.store, delivery.gaps);
+        }
+    }
+
+    /// After Redis was away: every local connection reads what it missed from the store.
+    fn catch_up_all(&self) {
+        for (user, socket, after) in self.0.hub.hold_all() {
+            let (hub, store) = (self.0.hub.clone(), self.0.store.clone());
+            tokio::spawn(super::catch_up(hub, store, socket, user, after));
+        }
+    }
+
+    /// Keeps this node's liveness key fresh and clears dead nodes' presence.
+    async fn heartbeat(self) {
+        let mut tick = tokio::time::interval(self.0.ttl / 3);
+        loop {
+            tick.tick().await;
+            let Some(cmds) = self.commands() else {
+                continue;
+            };
+            let ttl = self.0.ttl.as_secs().to_string();
+            let _ = cmds.send(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()]);
+            let _ = cmds.send(&[b"SADD", b"herald:nodes", self.0.node.as_bytes()]);
+            if let Err(e) = janitor(&cmds, &self.0.node).await {
+                tracing::debug!(error = %e, "presence janitor");
+            }
+        }
+    }
+
+    /// Removes this node from presence (on a clean shutdown).
+    pub async fn leave_cluster(&self) {
+        if let Some(cmds) = self.commands() {
+            let _ = remove_node(&cmds, &self.0.node).await;
+            let _ = cmds.call(&[b"DEL", &node_key(&self.0.node)]).await;
+        }
+    }
+
+    fn publish(&self, channel: &[u8], payload: &[u8]) {
+        let Some(cmds) = self.commands() else {
+            self.0.metrics.publish_failures.inc();
+            return;
+        };
+        match cmds.send(&[b"PUBLISH", channel, payload]) {
+            Ok(()) => self.0.metrics.published.inc(),
+            Err(_) => self.0.metrics.publish_failures.inc(),
+        }
+    }
+}
+
+fn node_key(node: &str) -> Vec<u8> {
+    format!("herald:node:{node}").into_bytes()
+}
+
+fn presence_key(user: &str) -> Vec<u8> {
+    format!("herald:presence:{user}").into_bytes()
+}
+
+fn node_users_key(node: &str) -> Vec<u8> {
+    format!("herald:node:{node}:users").into_bytes()
+}
+
+/// Records `n` connections of `user` on `node` (0 removes the entry).
+fn register(cmds: &Commands, node: &str, user: &str, n: usize) {
+    if n == 0 {
+        let _ = cmds.send(&[b"HDEL", &presence_key(user), node.as_bytes()]);
+        let _ = cmds.send(&[b"SREM", &node_users_key(node), user.as_bytes()]);
+    } else {
+        let count = n.to_string();
+        let _ = cmds.send(&[b"HSET", &presence_key(user), node.as_bytes(), count.as_bytes()]);
+        let _ = cmds.send(&[b"SADD", &node_users_key(node), user.as_bytes()]);
+    }
+}
+
+/// Removes every presence entry of `node`.
+async fn remove_node(cmds: &Commands, node: &str) -> Result<(), super::resp::RedisError> {
+    let users = cmds
+        .call(&[b"SMEMBERS", &node_users_key(node)])
+        .await?
+        .into_array();
+    for u in users {
+        if let Some(u) = u.as_text() {
+            let _ = cmds.send(&[b"HDEL", &presence_key(&u), node.as_bytes()]);
+        }
+    }
+    cmds.call(&[b"DEL", &node_users_key(node)]).await?;
+    cmds.call(&[b"SREM", b"herald:nodes", node.as_bytes()]).await?;
+    Ok(())
+}
+
+/// Clears the presence of nodes whose liveness key has expired.
+async fn janitor(cmds: &Commands, me: &str) -> Result<(), super::resp::RedisError> {
+    let nodes = cmds.call(&[b"SMEMBERS", b"herald:nodes"]).await?.into_array();
+    for n in nodes {
+        let Some(n) = n.as_text() else { continue };
+        if n == me {
+            continue;
+        }
+        let alive = cmds.call(&[b"EXISTS", &node_key(&n)]).await?.as_int() == Some(1);
+        if !alive {
+            tracing::info!(node = %n, "removing a dead node's presence");
+            remove_node(cmds, &n).await?;
+        }
+    }
+    Ok(())
+}
+
+impl super::Router for ClusterRouter {
+    fn route(&self, msg: &Message) -> usize {
+        let delivery = self.0.hub.deliver(msg);
+        super::catch_up_gaps(&self.0.hub, &self.0.store, delivery.gaps);
+        let data = msg.data.as_ref();
+        let wire = |seq: Option<u64>| {
+            serde_json::to_vec(&Wire {
+                o: &self.0.node,
+                i: &msg.id,
+                t: msg.ts,
+                e: &msg.event,
+                d: data,
+                s: seq,
+            })
+            .unwrap_or_default()
+        };
+        match &msg.target {
+            Target::All => self.publish(ALL, &wire(None)),
+            Target::Users(users) => {
+                let payload = wire(None);
+                for u in users {
+                    self.publish(&channel(u), &payload);
+                }
+            }
+            Target::Stored(seqs) => {
+                for (u, seq) in seqs {
+                    self.publish(&channel(u), &wire(Some(*seq)));
+                }
+            }
+        }
+        delivery.queued
+    }
+
+    fn local_presence(&self, user: &str, connections: usize) {
+        if connections <= 1 {
+            let sub = self.0.subscriber.lock();
+            if let Some(sub) = sub.as_ref() {
+                let ch = channel(user);
+                let _ = if connections == 1 {
+                    sub.subscribe(&[&ch])
+                } else {
+                    sub.unsubscribe(&[&ch])
+                };
+            }
+        }
+        if let Some(cmds) = self.commands() {
+            register(&cmds, &self.0.node, user, connections);
+        }
+    }
+
+    fn presence<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>> {
+        Box::pin(async move {
+            let local = self.0.hub.connections(user);
+            let Some(cmds) = self.commands() else {
+                return local;
+            };
+            let Ok(reply) = cmds.call(&[b"HGETALL", &presence_key(user)]).await else {
+                return local;
+            };
+            let items = reply.into_array();
+            let mut total = local;
+            for pair in items.chunks(2) {
+                let (Some(node), Some(n)) = (pair[0].as_text(), pair.get(1).and_then(Reply::as_int)) else {
+                    continue;
+                };
+                if node == self.0.node {
+                    continue;
+                }
+                let alive = cmds
+                    .call(&[b"EXISTS", &node_key(&node)])
+                    .await
+                    .ok()
+                    .and_then(|r| r.as_int())
+                    == Some(1);
+                if alive {
+                    total += n.max(0) as usize;
+                }
+            }
+            total
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.is_up()
+    }
+
+    fn is_cluster(&self) -> bool {
+        true
+    }
+}
