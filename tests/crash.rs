@@ -97,7 +97,10 @@ async fn killed_mid_stream_loses_no_acknowledged_push(env: &[(&str, &str)]) {
     // Gapless from 1, so every acknowledged seq is there, each once.
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
     for seq in acked {
-        assert!(seqs.binary_search(&seq).is_ok(), "acknowledged seq {seq} lost");
+        assert!(
+            seqs.binary_search(&seq).is_ok(),
+            "acknowledged seq {seq} lost"
+        );
     }
 }
 

@@ -119,7 +119,10 @@ async fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, se
         body.len()
     );
     let (status, text) = http(addr, req.as_bytes()).await;
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 async fn a_stored_push_carries_its_seq_and_an_ack_marks_it_delivered(s: Running) {
@@ -140,7 +143,10 @@ async fn a_stored_push_carries_its_seq_and_an_ack_marks_it_delivered(s: Running)
         format!(r#"421["note",{{"x":1}},{{"id":"{id}","seq":1,"ts":{ts}}}]"#)
     );
     let (_, state) = api(s.addr, "GET", &format!("/api/v1/messages/{id}"), "").await;
-    assert!(state["recipients"][0].get("deliveredAt").is_none(), "{state}");
+    assert!(
+        state["recipients"][0].get("deliveredAt").is_none(),
+        "{state}"
+    );
     ws.send_text("431[]").await;
     // The ack is recorded asynchronously; wait for it with a deadline.
     let deadline = tokio::time::Instant::now() + common::WAIT;
@@ -151,7 +157,10 @@ async fn a_stored_push_carries_its_seq_and_an_ack_marks_it_delivered(s: Running)
             assert_eq!(state["recipients"][0]["seq"], 1);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "ack not recorded: {state}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack not recorded: {state}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -204,7 +213,10 @@ async fn reading_on_one_device_tells_the_others(s: Running) {
     assert_eq!(phone.text().await, r#"42["read",{"upTo":3}]"#);
     assert_eq!(laptop.text().await, r#"42["read",{"upTo":3}]"#);
     let (_, unread) = api(s.addr, "GET", "/api/v1/users/cat/unread", "").await;
-    assert_eq!(unread, serde_json::json!({"unread": 0, "lastSeq": 3, "readUpTo": 3}));
+    assert_eq!(
+        unread,
+        serde_json::json!({"unread": 0, "lastSeq": 3, "readUpTo": 3})
+    );
 }
 
 async fn a_device_resumes_after_what_it_acknowledged(s: Running) {
@@ -246,13 +258,19 @@ async fn bad_resume_and_read_input_is_refused_or_clamped(s: Running) {
         (r#"{"userId":"eve","since":-1}"#, "invalid since"),
         (r#"{"userId":"eve","since":"abc"}"#, "invalid since"),
         (r#"{"userId":"eve","since":1.5}"#, "invalid since"),
-        (r#"{"userId":"eve","since":99999999999999999999999}"#, "invalid since"),
+        (
+            r#"{"userId":"eve","since":99999999999999999999999}"#,
+            "invalid since",
+        ),
     ] {
         let mut ws = Ws::connect(s.addr, "EIO=4&transport=websocket").await;
         ws.text().await;
         ws.send_text(&format!("40{auth}")).await;
         let answer = ws.text().await;
-        assert!(answer.starts_with("44{\"message\":\"") && answer.contains(error), "{auth}: {answer}");
+        assert!(
+            answer.starts_with("44{\"message\":\"") && answer.contains(error),
+            "{auth}: {answer}"
+        );
     }
     // A since beyond the last seq replays nothing, then the next push arrives.
     s.push
@@ -277,7 +295,13 @@ async fn bad_resume_and_read_input_is_refused_or_clamped(s: Running) {
     ws.send_text("4399[]").await;
     ws.send_text(r#"427["read",{"upTo":0}]"#).await;
     assert_eq!(ws.text().await, r#"437[{"upTo":2}]"#);
-    assert!(s.store.messages("eve", 0, 10).await.unwrap().iter().all(|m| m.delivered_at.is_none()));
+    assert!(s
+        .store
+        .messages("eve", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.delivered_at.is_none()));
 }
 
 async fn inbox_api(s: Running) {
@@ -285,7 +309,13 @@ async fn inbox_api(s: Running) {
         let body = format!(r#"{{"to":{{"users":["fay","gus"]}},"event":"n","data":{i}}}"#);
         s.push.push(req(&body)).await.unwrap();
     }
-    let (status, page) = api(s.addr, "GET", "/api/v1/users/fay/messages?after=2&limit=2", "").await;
+    let (status, page) = api(
+        s.addr,
+        "GET",
+        "/api/v1/users/fay/messages?after=2&limit=2",
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     let seqs: Vec<u64> = page["messages"]
         .as_array()
@@ -297,14 +327,26 @@ async fn inbox_api(s: Running) {
     assert_eq!(page["messages"][0]["data"], 3);
     assert_eq!(page["messages"][0]["event"], "n");
     for bad in ["after=-1", "after=abc", "limit=0", "limit=x"] {
-        let (status, body) = api(s.addr, "GET", &format!("/api/v1/users/fay/messages?{bad}"), "").await;
+        let (status, body) = api(
+            s.addr,
+            "GET",
+            &format!("/api/v1/users/fay/messages?{bad}"),
+            "",
+        )
+        .await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "bad_request");
     }
     let (status, body) = api(s.addr, "GET", "/api/v1/messages/nope", "").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, body) = api(s.addr, "POST", "/api/v1/users/fay/read", r#"{"upTo":-3}"#).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
     // An idempotency key reused with another body is a conflict, and stores nothing.
     let first = r#"{"to":{"users":["fay"]},"event":"n","data":1,"idempotencyKey":"k"}"#;
     let (status, a) = api(s.addr, "POST", "/api/v1/push", first).await;
@@ -313,6 +355,9 @@ async fn inbox_api(s: Running) {
     assert_eq!(a, b);
     let other = r#"{"to":{"users":["fay"]},"event":"n","data":2,"idempotencyKey":"k"}"#;
     let (status, body) = api(s.addr, "POST", "/api/v1/push", other).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     assert_eq!(s.store.unread("fay").await.unwrap().last_seq, 6);
 }

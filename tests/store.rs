@@ -115,7 +115,10 @@ async fn seq_is_gapless_and_ordered_under_concurrent_pushes(mut f: Fixture) {
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "{user}: gap or duplicate");
         total += seqs.len();
-        assert_eq!(f.store.unread(user).await.unwrap().last_seq, seqs.len() as u64);
+        assert_eq!(
+            f.store.unread(user).await.unwrap().last_seq,
+            seqs.len() as u64
+        );
     }
     // The dispatcher sees every copy once, each user's in seq order.
     let mut last = std::collections::HashMap::new();
@@ -142,7 +145,10 @@ async fn idempotency_keys_return_the_first_answer(mut f: Fixture) {
     again.id = "other-id".into();
     let second = f.store.append(again).await.unwrap();
     assert!(second.duplicate);
-    assert_eq!((second.id.as_str(), &second.seqs), (first.id.as_str(), &first.seqs));
+    assert_eq!(
+        (second.id.as_str(), &second.seqs),
+        (first.id.as_str(), &first.seqs)
+    );
     let mut conflict = m.clone();
     conflict.id = "third-id".into();
     conflict.idempotency = Some(("key-1".into(), "fp-b".into()));
@@ -182,7 +188,10 @@ async fn acks_record_delivery_and_device_position(f: Fixture) {
     // A write after the acks commits after them.
     f.store.mark_read("ann", 0).await.unwrap();
     assert_eq!(f.store.device_acked("ann", "phone").await.unwrap(), Some(2));
-    assert_eq!(f.store.device_acked("ann", "laptop").await.unwrap(), Some(1));
+    assert_eq!(
+        f.store.device_acked("ann", "laptop").await.unwrap(),
+        Some(1)
+    );
     assert_eq!(f.store.device_acked("ann", "tablet").await.unwrap(), None);
     let state = f.store.message_state(&a.id).await.unwrap().unwrap();
     assert_eq!(state.recipients.len(), 2);
@@ -249,8 +258,16 @@ async fn pages_follow_after_and_limit(f: Fixture) {
     );
     assert_eq!(page[0].data.get(), "{\"n\":11}");
     assert!(f.store.messages("ann", 25, 5).await.unwrap().is_empty());
-    assert!(f.store.messages("ann", u64::MAX, 5).await.unwrap().is_empty());
+    assert!(f
+        .store
+        .messages("ann", u64::MAX, 5)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(f.store.messages("nobody", 0, 5).await.unwrap().is_empty());
     // The page size is capped by max_page.
-    assert_eq!(f.store.messages("ann", 0, 1_000_000).await.unwrap().len(), 25);
+    assert_eq!(
+        f.store.messages("ann", 0, 1_000_000).await.unwrap().len(),
+        25
+    );
 }

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod pg;
+pub mod redis;
 
 /// How long a test waits for any one thing.
 pub const WAIT: Duration = Duration::from_secs(5);

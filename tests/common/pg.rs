@@ -47,11 +47,8 @@ fn free_port() -> u16 {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = bin_dir();
-        let dir = std::env::temp_dir().join(format!(
-            "herald-pg-{}-{:x}",
-            std::process::id(),
-            rand_u64()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("herald-pg-{}-{:x}", std::process::id(), rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
         let root = is_root();
         if root {
@@ -126,7 +123,15 @@ impl Postgres {
     pub fn database(&self, name: &str) -> String {
         self.run(
             "createdb",
-            &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ],
         );
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
@@ -138,7 +143,14 @@ impl Drop for Postgres {
         let stop = |s: &Postgres| {
             s.run(
                 "pg_ctl",
-                &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
             )
         };
         // Never panic in drop: a failed stop is logged by pg_ctl itself.
