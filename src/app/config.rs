@@ -500,6 +500,18 @@ mod tests {
     }
 
     #[test]
+    fn example_cluster_configs_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+        for n in 1..=3 {
+            let mut f = flags();
+            f.config = Some(dir.join(format!("node{n}.toml")));
+            let c = Config::load(&f, Vec::new()).unwrap();
+            assert_eq!(c.cluster.node_id, format!("node{n}"));
+            assert!(c.store.url.starts_with("postgres://"));
+        }
+    }
+
+    #[test]
     fn dev_auth_is_refused_off_loopback() {
         let mut f = flags();
         f.dev_auth = true;
