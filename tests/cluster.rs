@@ -78,7 +78,10 @@ async fn subscribed(redis: &Redis, user: &str, n: i64) {
         if r.get(1).and_then(|v| v.as_int()) == Some(n) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{user} not on {n} nodes");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} not on {n} nodes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -106,7 +109,10 @@ async fn event(ws: &mut Ws) -> String {
 }
 
 fn seq_of(packet: &str) -> Option<u64> {
-    let d: String = packet[2..].chars().take_while(char::is_ascii_digit).collect();
+    let d: String = packet[2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     d.parse().ok()
 }
 
@@ -147,7 +153,11 @@ async fn a_push_costs_work_only_on_the_nodes_holding_its_user() {
         assert_eq!(seq_of(&event(&mut b1).await), Some(i));
     }
     assert_eq!(n2.cluster.metrics().received.get(), before);
-    assert_eq!(n3.cluster.metrics().received.get(), 0, "the entry node delivers itself");
+    assert_eq!(
+        n3.cluster.metrics().received.get(),
+        0,
+        "the entry node delivers itself"
+    );
 
     // Presence is cluster-wide, from any node.
     let (status, body) = http(
@@ -242,7 +252,10 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
         let first = seqs[0];
         assert_eq!(seqs, (first..=N).collect::<Vec<_>>());
     }
-    assert!(n1.cluster.metrics().publish_failures.get() > 0, "the outage was real");
+    assert!(
+        n1.cluster.metrics().publish_failures.get() > 0,
+        "the outage was real"
+    );
 }
 
 /// Starts the herald binary as a cluster node.
@@ -262,7 +275,12 @@ fn herald(redis: &str, pg: &str, id: &str) -> (Child, SocketAddr) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
     (child, addr)
 }
 
@@ -307,7 +325,10 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
         if p["connections"] == 0 {
             break;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(10), "presence still {p}");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "presence still {p}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The client comes back on the other node with since and misses nothing.
@@ -322,7 +343,11 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = cmds
-            .call(&[b"EXISTS", b"herald:node:doomed:users", b"herald:node:doomed"])
+            .call(&[
+                b"EXISTS",
+                b"herald:node:doomed:users",
+                b"herald:node:doomed",
+            ])
             .await
             .unwrap()
             .as_int();
@@ -334,7 +359,10 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
         if left == Some(0) && field == Some(0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "dead node's keys left behind");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead node's keys left behind"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     other.kill().unwrap();

@@ -22,8 +22,8 @@ use crate::hub::Hub;
 use crate::push::{PushError, PushRequest, PushService};
 use crate::router::cluster::ClusterRouter;
 use crate::router::Router;
-use crate::transport::Engine;
 use crate::store::{Store, StoreError};
+use crate::transport::Engine;
 use crate::transport::Fallback;
 
 /// API settings (`[api]` in the config file).
@@ -282,7 +282,11 @@ async fn readyz(State(state): State<ApiState>) -> Response {
         "status": if ok { "ok" } else { "degraded" },
         "cluster": state.cluster.as_ref().map(|c| serde_json::json!({"node": c.node(), "redis": c.is_up()})),
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -293,25 +297,97 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     let h = &state.hub.metrics;
     let mut out = String::new();
     let mut line = |name: &str, help: &str, kind: &str, v: u64| {
-        out.push_str(&format!("# HELP herald_{name} {help}\n# TYPE herald_{name} {kind}\nherald_{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP herald_{name} {help}\n# TYPE herald_{name} {kind}\nherald_{name} {v}\n"
+        ));
     };
-    line("sessions", "Open Engine.IO sessions.", "gauge", state.engine.sessions() as u64);
-    line("users", "Users with a connection on this node.", "gauge", state.hub.users() as u64);
-    line("sessions_opened_total", "Sessions opened.", "counter", t.sessions_opened.get());
-    line("sessions_closed_total", "Sessions closed.", "counter", t.sessions_closed.get());
-    line("connections_refused_total", "Connections refused at max_connections.", "counter", t.connections_refused.get());
-    line("protocol_errors_total", "Connections ended for a protocol violation.", "counter", t.protocol_errors.get());
-    line("queue_overflow_drops_total", "Messages dropped at a full client queue.", "counter", t.queue_overflow_drops.get());
-    line("queue_overflow_disconnects_total", "Clients disconnected at a full queue.", "counter", t.queue_overflow_disconnects.get());
-    line("deliveries_total", "Packets queued to sockets by pushes.", "counter", h.deliveries.get());
-    line("delivery_failures_total", "Pushes not queued to a socket.", "counter", h.delivery_failures.get());
+    line(
+        "sessions",
+        "Open Engine.IO sessions.",
+        "gauge",
+        state.engine.sessions() as u64,
+    );
+    line(
+        "users",
+        "Users with a connection on this node.",
+        "gauge",
+        state.hub.users() as u64,
+    );
+    line(
+        "sessions_opened_total",
+        "Sessions opened.",
+        "counter",
+        t.sessions_opened.get(),
+    );
+    line(
+        "sessions_closed_total",
+        "Sessions closed.",
+        "counter",
+        t.sessions_closed.get(),
+    );
+    line(
+        "connections_refused_total",
+        "Connections refused at max_connections.",
+        "counter",
+        t.connections_refused.get(),
+    );
+    line(
+        "protocol_errors_total",
+        "Connections ended for a protocol violation.",
+        "counter",
+        t.protocol_errors.get(),
+    );
+    line(
+        "queue_overflow_drops_total",
+        "Messages dropped at a full client queue.",
+        "counter",
+        t.queue_overflow_drops.get(),
+    );
+    line(
+        "queue_overflow_disconnects_total",
+        "Clients disconnected at a full queue.",
+        "counter",
+        t.queue_overflow_disconnects.get(),
+    );
+    line(
+        "deliveries_total",
+        "Packets queued to sockets by pushes.",
+        "counter",
+        h.deliveries.get(),
+    );
+    line(
+        "delivery_failures_total",
+        "Pushes not queued to a socket.",
+        "counter",
+        h.delivery_failures.get(),
+    );
     if let Some(c) = &state.cluster {
         let m = c.metrics();
         line("cluster_up", "Redis reachable.", "gauge", c.is_up() as u64);
-        line("cluster_published_total", "Messages published to Redis.", "counter", m.published.get());
-        line("cluster_received_total", "Messages received from Redis.", "counter", m.received.get());
-        line("cluster_publish_failures_total", "Publishes lost while Redis was away.", "counter", m.publish_failures.get());
-        line("cluster_connects_total", "Connections to Redis made.", "counter", m.connects.get());
+        line(
+            "cluster_published_total",
+            "Messages published to Redis.",
+            "counter",
+            m.published.get(),
+        );
+        line(
+            "cluster_received_total",
+            "Messages received from Redis.",
+            "counter",
+            m.received.get(),
+        );
+        line(
+            "cluster_publish_failures_total",
+            "Publishes lost while Redis was away.",
+            "counter",
+            m.publish_failures.get(),
+        );
+        line(
+            "cluster_connects_total",
+            "Connections to Redis made.",
+            "counter",
+            m.connects.get(),
+        );
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -263,7 +263,11 @@ impl Node {
                 .clone()
                 .sweeper(config.api.idempotency_window_secs.saturating_mul(1000)),
         );
-        let push = Arc::new(PushService::new(config.push(), router.clone(), store.clone()));
+        let push = Arc::new(PushService::new(
+            config.push(),
+            router.clone(),
+            store.clone(),
+        ));
         let devices = Arc::new(Devices {
             auth,
             hub: hub.clone(),

@@ -135,7 +135,11 @@ pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
 impl ClusterRouter {
     /// Starts the router's connection supervisor and heartbeat; it connects (and
     /// reconnects) to Redis in the background, so a node starts even with Redis down.
-    pub fn start(config: &ClusterConfig, hub: Arc<Hub>, store: Store) -> Result<ClusterRouter, String> {
+    pub fn start(
+        config: &ClusterConfig,
+        hub: Arc<Hub>,
+        store: Store,
+    ) -> Result<ClusterRouter, String> {
         let (addr, password) = parse_url(&config.redis)?;
         let node = if config.node_id.is_empty() {
             format!("{:016x}", rand::random::<u64>())
@@ -214,7 +218,13 @@ impl ClusterRouter {
 
     async fn connect(
         &self,
-    ) -> Result<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Receiver<()>), String> {
+    ) -> Result<
+        (
+            tokio::sync::oneshot::Receiver<()>,
+            tokio::sync::oneshot::Receiver<()>,
+        ),
+        String,
+    > {
         let (cmds, cmd_closed) = Commands::connect(&self.0.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -355,7 +365,12 @@ fn register(cmds: &Commands, node: &str, user: &str, n: usize) {
         let _ = cmds.send(&[b"SREM", &node_users_key(node), user.as_bytes()]);
     } else {
         let count = n.to_string();
-        let _ = cmds.send(&[b"HSET", &presence_key(user), node.as_bytes(), count.as_bytes()]);
+        let _ = cmds.send(&[
+            b"HSET",
+            &presence_key(user),
+            node.as_bytes(),
+            count.as_bytes(),
+        ]);
         let _ = cmds.send(&[b"SADD", &node_users_key(node), user.as_bytes()]);
     }
 }
@@ -372,13 +387,17 @@ async fn remove_node(cmds: &Commands, node: &str) -> Result<(), super::resp::Red
         }
     }
     cmds.call(&[b"DEL", &node_users_key(node)]).await?;
-    cmds.call(&[b"SREM", b"herald:nodes", node.as_bytes()]).await?;
+    cmds.call(&[b"SREM", b"herald:nodes", node.as_bytes()])
+        .await?;
     Ok(())
 }
 
 /// Clears the presence of nodes whose liveness key has expired.
 async fn janitor(cmds: &Commands, me: &str) -> Result<(), super::resp::RedisError> {
-    let nodes = cmds.call(&[b"SMEMBERS", b"herald:nodes"]).await?.into_array();
+    let nodes = cmds
+        .call(&[b"SMEMBERS", b"herald:nodes"])
+        .await?
+        .into_array();
     for n in nodes {
         let Some(n) = n.as_text() else { continue };
         if n == me {
@@ -458,7 +477,9 @@ impl super::Router for ClusterRouter {
             let items = reply.into_array();
             let mut total = local;
             for pair in items.chunks(2) {
-                let (Some(node), Some(n)) = (pair[0].as_text(), pair.get(1).and_then(Reply::as_int)) else {
+                let (Some(node), Some(n)) =
+                    (pair[0].as_text(), pair.get(1).and_then(Reply::as_int))
+                else {
                     continue;
                 };
                 if node == self.0.node {

@@ -148,7 +148,8 @@ impl Commands {
         let (closed_tx, closed) = oneshot::channel();
         tokio::spawn(async move {
             let (mut r, mut w) = stream.into_split();
-            let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Option<oneshot::Sender<Reply>>>();
+            let (pending_tx, mut pending_rx) =
+                mpsc::unbounded_channel::<Option<oneshot::Sender<Reply>>>();
             let writer = async move {
                 let mut out = Vec::new();
                 while let Some((cmd, reply)) = rx.recv().await {
