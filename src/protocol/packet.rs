@@ -55,6 +55,10 @@ pub enum ParseError {
     Unexpected,
 }
 
+/// Largest ack id accepted: 2^53 - 1, the largest integer a JavaScript number holds
+/// exactly.
+pub const MAX_ACK_ID: u64 = (1 << 53) - 1;
+
 /// A decoded packet, borrowing from the message text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet<'a> {
@@ -118,10 +122,12 @@ pub fn decode(text: &str, max_attachments: usize) -> Result<Packet<'_>, ParseErr
         pos += 1;
     }
     if pos > start {
-        if pos - start > 15 {
+        // Ack ids are JavaScript numbers: nothing past 2^53 - 1 is exact.
+        let n: u64 = text[start..pos].parse().map_err(|_| ParseError::AckId)?;
+        if n > MAX_ACK_ID {
             return Err(ParseError::AckId);
         }
-        id = Some(text[start..pos].parse().map_err(|_| ParseError::AckId)?);
+        id = Some(n);
     }
     let rest = &text[pos..];
     let data = if rest.is_empty() {
@@ -407,6 +413,8 @@ mod tests {
         assert_eq!((p.nsp, p.id), ("/a", Some(456)));
         let p = decode("3456[1]", 10).unwrap();
         assert_eq!((p.kind, p.id), (PacketType::Ack, Some(456)));
+        let p = decode("39007199254740991[1]", 10).unwrap();
+        assert_eq!(p.id, Some(MAX_ACK_ID));
         let p = decode("52-[\"m\",{\"_placeholder\":true,\"num\":0}]", 10).unwrap();
         assert_eq!((p.kind, p.attachments), (PacketType::BinaryEvent, 2));
         let p = decode("61-/a,7[{\"_placeholder\":true,\"num\":0}]", 10).unwrap();
@@ -437,6 +445,8 @@ mod tests {
             ("51[\"m\"]", ParseError::Attachments),
             ("511-[\"m\"]", ParseError::TooManyAttachments),
             ("2999999999999999999[\"m\"]", ParseError::AckId),
+            ("29007199254740992[\"m\"]", ParseError::AckId),
+            ("299999999999999999999999[\"m\"]", ParseError::AckId),
             ("4{\"message\":\"x\"}", ParseError::Unexpected),
             ("01{}", ParseError::Payload),
         ];

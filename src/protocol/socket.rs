@@ -145,9 +145,9 @@ pub trait Handler: Send + Sync + 'static {
     fn on_disconnect(&self, _socket: &Socket, _reason: DisconnectReason) {}
 }
 
-/// First ack id of [`Socket::emit_with_ack`]; smaller ids are left to the application
-/// (and stay below 2^53, which JavaScript numbers hold exactly).
-pub const FIRST_ACK_ID: u64 = 1 << 50;
+/// First ack id of [`Socket::emit_with_ack`]; smaller ids are left to the application.
+/// Every id stays far below 2^53, which JavaScript numbers hold exactly.
+pub const FIRST_ACK_ID: u64 = 1 << 40;
 
 type AckFn = Box<dyn FnOnce(Result<Args, AckError>) + Send>;
 
