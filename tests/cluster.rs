@@ -86,14 +86,6 @@ async fn subscribed(redis: &Redis, user: &str, n: i64) {
     }
 }
 
-async fn device(addr: SocketAddr, auth: &str) -> Ws {
-    let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
-    assert!(ws.text().await.starts_with("0{"));
-    ws.send_text(&format!("40{auth}")).await;
-    assert!(ws.text().await.starts_with("40{\"sid\""));
-    ws
-}
-
 fn req(json: &str) -> PushRequest {
     serde_json::from_str(json).unwrap()
 }
@@ -125,9 +117,9 @@ async fn a_push_costs_work_only_on_the_nodes_holding_its_user() {
     let n2 = node("n2", &redis.url(), &url).await;
     let n3 = node("n3", &redis.url(), &url).await;
 
-    let mut a1 = device(n1.addr, r#"{"userId":"ann"}"#).await;
-    let mut a2 = device(n2.addr, r#"{"userId":"ann"}"#).await;
-    let mut b1 = device(n1.addr, r#"{"userId":"ben"}"#).await;
+    let mut a1 = Ws::device(n1.addr, r#"{"userId":"ann"}"#).await;
+    let mut a2 = Ws::device(n2.addr, r#"{"userId":"ann"}"#).await;
+    let mut b1 = Ws::device(n1.addr, r#"{"userId":"ben"}"#).await;
     subscribed(&redis, "ann", 2).await;
     subscribed(&redis, "ben", 1).await;
 
@@ -185,7 +177,7 @@ async fn a_broadcast_reaches_every_device_on_every_node_once() {
     let mut devices = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..2 {
-            devices.push(device(n.addr, &format!(r#"{{"userId":"u{i}{j}"}}"#)).await);
+            devices.push(Ws::device(n.addr, &format!(r#"{{"userId":"u{i}{j}"}}"#)).await);
         }
     }
     for i in 0..3 {
@@ -214,8 +206,8 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let n1 = node("c1", &redis.url(), &url).await;
     let n2 = node("c2", &redis.url(), &url).await;
     // A device that has seen nothing yet, and one that resumes from the start.
-    let mut live = device(n2.addr, r#"{"userId":"cal"}"#).await;
-    let mut resumed = device(n2.addr, r#"{"userId":"cal","since":0}"#).await;
+    let mut live = Ws::device(n2.addr, r#"{"userId":"cal"}"#).await;
+    let mut resumed = Ws::device(n2.addr, r#"{"userId":"cal","since":0}"#).await;
     subscribed(&redis, "cal", 1).await;
     const N: u64 = 300;
     let push = n1.push.clone();
@@ -297,7 +289,7 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
     let url = pg.database("herald_cluster_d");
     let (mut doomed, doomed_addr) = herald(&redis.url(), &url, "doomed");
     let (mut other, other_addr) = herald(&redis.url(), &url, "other");
-    let mut ws = device(doomed_addr, r#"{"userId":"dee"}"#).await;
+    let mut ws = Ws::device(doomed_addr, r#"{"userId":"dee"}"#).await;
     subscribed(&redis, "dee", 1).await;
     let push = |i: u64| {
         let body = format!(r#"{{"to":{{"users":["dee"]}},"event":"n","data":{i}}}"#);
@@ -332,7 +324,7 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The client comes back on the other node with since and misses nothing.
-    let mut ws = device(other_addr, r#"{"userId":"dee","since":1}"#).await;
+    let mut ws = Ws::device(other_addr, r#"{"userId":"dee","since":1}"#).await;
     for i in 2..=4 {
         assert_eq!(seq_of(&event(&mut ws).await), Some(i));
     }

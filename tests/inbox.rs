@@ -82,16 +82,6 @@ both!(
     inbox_api,
 );
 
-/// Connects a v4 device with an `auth` object.
-async fn device(addr: SocketAddr, auth: &str) -> Ws {
-    let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
-    assert!(ws.text().await.starts_with("0{"));
-    ws.send_text(&format!("40{auth}")).await;
-    let ack = ws.text().await;
-    assert!(ack.starts_with("40{\"sid\""), "{ack}");
-    ws
-}
-
 fn req(json: &str) -> PushRequest {
     serde_json::from_str(json).unwrap()
 }
@@ -126,7 +116,7 @@ async fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, se
 }
 
 async fn a_stored_push_carries_its_seq_and_an_ack_marks_it_delivered(s: Running) {
-    let mut ws = device(s.addr, r#"{"userId":"ann"}"#).await;
+    let mut ws = Ws::device(s.addr, r#"{"userId":"ann"}"#).await;
     let (status, answer) = api(
         s.addr,
         "POST",
@@ -181,7 +171,7 @@ async fn resuming_while_a_thousand_pushes_stream_in_sees_each_seq_once_in_order(
     });
     // Join mid-stream, asking for everything since the start.
     started.await.unwrap();
-    let mut ws = device(s.addr, r#"{"userId":"bob","since":0}"#).await;
+    let mut ws = Ws::device(s.addr, r#"{"userId":"bob","since":0}"#).await;
     let got = stored(&mut ws, N as usize).await;
     stream.await.unwrap();
     let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
@@ -193,8 +183,8 @@ async fn resuming_while_a_thousand_pushes_stream_in_sees_each_seq_once_in_order(
 }
 
 async fn reading_on_one_device_tells_the_others(s: Running) {
-    let mut phone = device(s.addr, r#"{"userId":"cat"}"#).await;
-    let mut laptop = device(s.addr, r#"{"userId":"cat"}"#).await;
+    let mut phone = Ws::device(s.addr, r#"{"userId":"cat"}"#).await;
+    let mut laptop = Ws::device(s.addr, r#"{"userId":"cat"}"#).await;
     for i in 1..=3 {
         let body = format!(r#"{{"to":{{"users":["cat"]}},"event":"n","data":{i}}}"#);
         s.push.push(req(&body)).await.unwrap();
@@ -220,7 +210,7 @@ async fn reading_on_one_device_tells_the_others(s: Running) {
 }
 
 async fn a_device_resumes_after_what_it_acknowledged(s: Running) {
-    let mut ws = device(s.addr, r#"{"userId":"dan","deviceId":"tablet"}"#).await;
+    let mut ws = Ws::device(s.addr, r#"{"userId":"dan","deviceId":"tablet"}"#).await;
     for i in 1..=3 {
         let body = format!(r#"{{"to":{{"users":["dan"]}},"event":"n","data":{i}}}"#);
         s.push.push(req(&body)).await.unwrap();
@@ -241,11 +231,11 @@ async fn a_device_resumes_after_what_it_acknowledged(s: Running) {
         s.push.push(req(&body)).await.unwrap();
     }
     // Back without `since`: everything after seq 2.
-    let mut ws = device(s.addr, r#"{"userId":"dan","deviceId":"tablet"}"#).await;
+    let mut ws = Ws::device(s.addr, r#"{"userId":"dan","deviceId":"tablet"}"#).await;
     let seqs: Vec<u64> = stored(&mut ws, 3).await.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, vec![3, 4, 5]);
     // A new device starts live: its first message is the next push.
-    let mut fresh = device(s.addr, r#"{"userId":"dan","deviceId":"watch"}"#).await;
+    let mut fresh = Ws::device(s.addr, r#"{"userId":"dan","deviceId":"watch"}"#).await;
     s.push
         .push(req(r#"{"to":{"users":["dan"]},"event":"n","data":6}"#))
         .await
@@ -277,7 +267,7 @@ async fn bad_resume_and_read_input_is_refused_or_clamped(s: Running) {
         .push(req(r#"{"to":{"users":["eve"]},"event":"n","data":1}"#))
         .await
         .unwrap();
-    let mut ws = device(s.addr, r#"{"userId":"eve","since":18446744073709551615}"#).await;
+    let mut ws = Ws::device(s.addr, r#"{"userId":"eve","since":18446744073709551615}"#).await;
     s.push
         .push(req(r#"{"to":{"users":["eve"]},"event":"n","data":2}"#))
         .await

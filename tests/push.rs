@@ -46,12 +46,7 @@ async fn start(configure: impl FnOnce(&mut Config)) -> Running {
 
 /// A v4 (socket.io-client 4.x) connection of `user`, in development mode.
 async fn device_v4(addr: SocketAddr, user: &str) -> Ws {
-    let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
-    assert!(ws.text().await.starts_with("0{"));
-    ws.send_text(&format!("40{{\"userId\":\"{user}\"}}")).await;
-    let ack = ws.text().await;
-    assert!(ack.starts_with("40{\"sid\""), "{ack}");
-    ws
+    Ws::device(addr, &format!("{{\"userId\":\"{user}\"}}")).await
 }
 
 /// A v3 (socket.io-client 2.x) connection of `user`: credentials in the query.

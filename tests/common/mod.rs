@@ -43,6 +43,16 @@ impl Ws {
         ws
     }
 
+    /// Opens a v4 session and joins `/` with `auth` (a JSON object) as a herald device.
+    pub async fn device(addr: SocketAddr, auth: &str) -> Ws {
+        let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
+        assert!(ws.text().await.starts_with("0{"));
+        ws.send_text(&format!("40{auth}")).await;
+        let ack = ws.text().await;
+        assert!(ack.starts_with("40{\"sid\""), "{ack}");
+        ws
+    }
+
     /// Opens a v4 session and joins `/`.
     pub async fn socketio(addr: SocketAddr) -> Ws {
         let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
