@@ -134,14 +134,21 @@ async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc
     let result = async {
         let client = conn.get().await?;
         let tx = client.transaction().await?;
-        for op in ops.by_ref() {
-            match apply(&tx, op).await {
+        // All of the batch's statements go out pipelined on the one connection (the
+        // server runs them in the order they arrive), instead of a round trip each.
+        let applied = futures_util::future::join_all(ops.by_ref().map(|op| apply(&tx, op))).await;
+        let mut failed = None;
+        for a in applied {
+            match a {
                 Ok(d) => done.push(d),
                 Err((d, e)) => {
                     done.push(d);
-                    return Err(StoreError::from(e));
+                    failed.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = failed {
+            return Err(StoreError::from(e));
         }
         tx.commit().await.map_err(StoreError::from)
     }
