@@ -24,11 +24,16 @@ fn main() {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Config => config.redacted().map(|s| print!("{s}")),
+        // The server runs as a task on the runtime's workers: on the main thread the
+        // accept loop would hand every connection across threads.
         Command::Serve => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(app::serve(config))),
+            .and_then(|rt| {
+                rt.block_on(async { tokio::spawn(app::serve(config)).await })
+                    .map_err(anyhow::Error::from)?
+            }),
     };
     if let Err(e) = result {
         eprintln!("herald: {e:#}");
