@@ -56,8 +56,11 @@ impl Fleet {
             let spec = self.spec.clone();
             let user = spec.user(i);
             let user_index = spec.user_index(i) as u32;
-            let (alive, failed, dropped) =
-                (self.alive.clone(), self.failed.clone(), self.dropped.clone());
+            let (alive, failed, dropped) = (
+                self.alive.clone(),
+                self.failed.clone(),
+                self.dropped.clone(),
+            );
             let tracker = self.tracker.clone();
             tokio::task::spawn_local(async move {
                 match wire::handshake(&spec, source, user.as_deref(), Duration::from_secs(60)).await
@@ -65,7 +68,7 @@ impl Fleet {
                     Ok(conn) => {
                         alive.set(alive.get() + 1);
                         drop(permit);
-                        let end = wire::receive(conn, spec.eio, |text| {
+                        let end = wire::receive(conn, spec.eio, spec.ack, |text| {
                             tracker.borrow_mut().record(user_index, text)
                         })
                         .await;

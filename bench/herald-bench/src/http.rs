@@ -119,9 +119,8 @@ pub struct Job {
     pub request: Vec<u8>,
     /// Intended send time (ns since the epoch).
     pub due: u64,
+    /// The (first) sequence number it carries.
     pub k: u64,
-    /// Number of sequence numbers from `k` it carries.
-    pub ks: u32,
 }
 
 #[derive(Default)]
@@ -153,6 +152,8 @@ pub struct HttpStats {
     pub in_flight: u64,
     /// Intended send time → response, µs.
     pub latency: Histogram<u64>,
+    /// Sequence numbers of the requests answered 200 (the server took them on).
+    pub acked: Vec<u64>,
     pub errors: Vec<String>,
 }
 
@@ -164,6 +165,7 @@ impl HttpStats {
             failed: 0,
             in_flight: 0,
             latency: crate::tracker::histogram(),
+            acked: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -250,6 +252,7 @@ async fn worker(target: SocketAddr, queue: Rc<Queue>, stats: Rc<RefCell<HttpStat
         match res {
             Ok((200, keep)) => {
                 s.ok += 1;
+                s.acked.push(job.k);
                 let us = now_ns().saturating_sub(job.due) / 1000;
                 s.latency.saturating_record(us.max(1));
                 if !keep {
@@ -261,7 +264,10 @@ async fn worker(target: SocketAddr, queue: Rc<Queue>, stats: Rc<RefCell<HttpStat
                 if s.errors.len() < 5 {
                     s.errors.push(format!(
                         "HTTP {status}: {}",
-                        String::from_utf8_lossy(&buf).chars().take(300).collect::<String>()
+                        String::from_utf8_lossy(&buf)
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
                     ));
                 }
                 conn = None;

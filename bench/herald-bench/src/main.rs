@@ -61,6 +61,10 @@ struct Conn {
     /// Distinct users the connections are spread over (0: one user per connection).
     #[arg(long, default_value_t = 0)]
     users: usize,
+    /// Ack events that ask for one (`42<id>[...]` answered with `43<id>[]`), as a
+    /// client whose handler calls the ack callback does.
+    #[arg(long)]
+    ack: bool,
 }
 
 impl Conn {
@@ -71,6 +75,7 @@ impl Conn {
             eio: self.eio,
             user_prefix: self.user_prefix.clone(),
             users: self.users,
+            ack: self.ack,
         }
     }
 }
@@ -155,7 +160,11 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         pad: usize,
         /// Scenarios, in order.
-        #[arg(long, value_delimiter = ',', default_value = "fanout,burst,unicast,latency")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "fanout,burst,unicast,latency"
+        )]
         scenarios: Vec<String>,
         /// Receiving connections (one user each).
         #[arg(long, default_value_t = 10_000)]
@@ -187,6 +196,25 @@ enum Scenario {
         drain_secs: u64,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// The kernel's floor: CPU of one small write to an established loopback TCP
+    /// connection (what every delivery costs at least), measured in this process.
+    Floor {
+        /// Connections written to.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+        /// Writes to each.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Bytes per write (a benchmark delivery is about 200).
+        #[arg(long, default_value_t = 200)]
+        bytes: usize,
+        /// Name in the results.
+        #[arg(long, default_value = "kernel")]
+        label: String,
+        /// Append JSON results to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// S6: connect + handshake + leave cycles.
     Churn {
@@ -314,6 +342,13 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             )
             .await
         }
+        Scenario::Floor {
+            connections,
+            rounds,
+            bytes,
+            label,
+            out,
+        } => scenarios::floor(connections, rounds, bytes, &Report { label, out }),
         Scenario::Churn {
             conn,
             measure,

@@ -156,7 +156,9 @@ pub async fn suite(
     server: Server,
     report: &Report,
 ) -> anyhow::Result<()> {
-    let secs = fleet.grow(opts.connections, Duration::from_secs(240)).await?;
+    let secs = fleet
+        .grow(opts.connections, Duration::from_secs(240))
+        .await?;
     if fleet.failed.get() > 0 || fleet.alive.get() != opts.connections {
         bail!(
             "only {} of {} receivers connected ({} failed)",
@@ -241,7 +243,6 @@ async fn fanout(ctx: &Ctx<'_>, opts: &SuiteOpts) -> anyhow::Result<()> {
             request: ctx.api.request(To::All, k, t, 1),
             due: t,
             k,
-            ks: 1,
         });
         let done = ctx.complete(Duration::from_secs(20)).await;
         ctx.pool.drain(Duration::from_secs(5)).await;
@@ -310,7 +311,6 @@ async fn burst(ctx: &Ctx<'_>, opts: &SuiteOpts) -> anyhow::Result<()> {
                             request: ctx.api.request(To::All, k0 + j, t, 1),
                             due: t,
                             k: k0 + j,
-                            ks: 1,
                         });
                     }
                 }
@@ -320,7 +320,6 @@ async fn burst(ctx: &Ctx<'_>, opts: &SuiteOpts) -> anyhow::Result<()> {
                         request: ctx.api.request(To::All, k0, t, size as u32),
                         due: t,
                         k: k0,
-                        ks: size as u32,
                     });
                 }
             }
@@ -333,15 +332,16 @@ async fn burst(ctx: &Ctx<'_>, opts: &SuiteOpts) -> anyhow::Result<()> {
         ctx.pool.drain(Duration::from_secs(5)).await;
         let (c, _) = w.stop()?;
         cpu += c;
-        let tr = ctx.fleet.tracker.borrow();
-        ttl_ms.push(round(tr.last_delivery.saturating_sub(t) as f64 / 1e6, 3));
-        latency.add(&tr.latency).ok();
-        let (m, d, _) = tr.gaps();
-        delivered += tr.delivered;
-        expected += tr.expected_total;
-        missing += m;
-        dup += d;
-        drop(tr);
+        {
+            let tr = ctx.fleet.tracker.borrow();
+            ttl_ms.push(round(tr.last_delivery.saturating_sub(t) as f64 / 1e6, 3));
+            latency.add(&tr.latency).ok();
+            let (m, d, _) = tr.gaps();
+            delivered += tr.delivered;
+            expected += tr.expected_total;
+            missing += m;
+            dup += d;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let per = cpu * 1e6 / delivered.max(1) as f64;
@@ -372,6 +372,8 @@ async fn unicast(ctx: &Ctx<'_>, opts: &SuiteOpts, batch: usize) -> anyhow::Resul
     let requests = per_round * opts.unicast_rounds;
     let pushes = users.len() * opts.unicast_rounds;
     let k0 = ctx.ks(requests);
+    // Latency here runs from before the requests are built (a few ms for all of them).
+    let t0 = now_ns();
     let mut jobs = Vec::with_capacity(requests);
     {
         let mut tr = ctx.fleet.tracker.borrow_mut();
@@ -383,10 +385,9 @@ async fn unicast(ctx: &Ctx<'_>, opts: &SuiteOpts, batch: usize) -> anyhow::Resul
                 let target = (chunk.len() == 1).then(|| chunk[0]);
                 tr.expect(k, count, target);
                 jobs.push(Job {
-                    request: ctx.api.request(To::Users(chunk), k, 0, 1),
-                    due: 0,
+                    request: ctx.api.request(To::Users(chunk), k, t0, 1),
+                    due: t0,
                     k,
-                    ks: 1,
                 });
                 k += 1;
             }
@@ -394,9 +395,7 @@ async fn unicast(ctx: &Ctx<'_>, opts: &SuiteOpts, batch: usize) -> anyhow::Resul
     }
     ctx.pool.reset();
     let w = Window::start(ctx.server)?;
-    let t0 = now_ns();
-    for mut j in jobs {
-        j.due = t0;
+    for j in jobs {
         ctx.pool.send(j);
     }
     let sent_all = ctx.pool.drain(Duration::from_secs(120)).await;
@@ -490,14 +489,12 @@ async fn latency(ctx: &Ctx<'_>, opts: &SuiteOpts, rate: u64) -> anyhow::Result<(
             request: ctx.api.request(To::Users(&[user]), k, due, 1),
             due,
             k,
-            ks: 1,
         });
         max_queue = max_queue.max(ctx.pool.queued());
     }
     // Drain for at most `drain_secs`; what was never sent is dropped and not expected.
     let deadline = Instant::now() + Duration::from_secs(opts.drain_secs);
-    while !(ctx.pool.idle() && ctx.fleet.tracker.borrow().complete()) && Instant::now() < deadline
-    {
+    while !(ctx.pool.idle() && ctx.fleet.tracker.borrow().complete()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let unsent = ctx.pool.clear();
@@ -509,8 +506,11 @@ async fn latency(ctx: &Ctx<'_>, opts: &SuiteOpts, rate: u64) -> anyhow::Result<(
     }
     let (cpu, _) = w.stop()?;
     let tr = ctx.fleet.tracker.borrow();
-    let (missing, dup, gaps) = tr.gaps();
     let http = ctx.pool.stats.borrow();
+    // Lost: answered 200 by the server but never delivered. Requests still in flight at
+    // the deadline are neither.
+    let (missing, dup, gaps) = tr.gaps_in(http.acked.iter().copied());
+    let in_flight = http.sent - http.ok - http.failed;
     let achieved = tr.in_window as f64 / opts.rate_secs as f64;
     let l = summary(&tr.latency);
     eprintln!(
@@ -528,7 +528,7 @@ async fn latency(ctx: &Ctx<'_>, opts: &SuiteOpts, rate: u64) -> anyhow::Result<(
         json!({
             "rate": rate, "secs": opts.rate_secs, "users": users,
             "intended": n, "sent": http.sent, "http_ok": http.ok, "http_failed": http.failed,
-            "unsent": unsent.len(), "max_queued": max_queue,
+            "unsent": unsent.len(), "in_flight_at_end": in_flight, "max_queued": max_queue,
             "expected": tr.expected_total, "delivered": tr.delivered,
             "delivered_in_window": tr.in_window, "achieved_per_s": achieved.round(),
             "missing": missing, "duplicates": dup, "misdirected": tr.misdirected,
@@ -650,5 +650,71 @@ pub async fn churn(
             "rss_drift_kib": rss_end as i64 - rss_warm as i64,
             "handshake_us": summary(&h), "samples": samples,
         }),
+    )
+}
+
+/// CPU time of the calling thread, seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The kernel's floor per delivery: one `write` of `bytes` to each of `n` established
+/// loopback connections, `rounds` times, timed by this thread's CPU clock (on loopback
+/// the write also runs the receiving side's TCP input). Readers drain between rounds,
+/// outside the timing.
+pub fn floor(n: usize, rounds: usize, bytes: usize, report: &Report) -> anyhow::Result<()> {
+    use std::io::{ErrorKind, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut readers = Vec::with_capacity(n);
+    let mut writers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = std::net::TcpStream::connect(addr)?;
+        let (s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        c.set_nonblocking(true)?;
+        readers.push(c);
+        writers.push(s);
+    }
+    // A server text frame of `bytes` in all.
+    let mut frame = vec![0x81u8, 126];
+    frame.extend_from_slice(&((bytes.max(130) - 4) as u16).to_be_bytes());
+    frame.resize(bytes.max(130), b'x');
+    let mut cpu = 0.0;
+    let mut sink = vec![0u8; 64 * 1024];
+    for _ in 0..rounds {
+        let t0 = thread_cpu();
+        for w in &mut writers {
+            std::io::Write::write_all(w, &frame)?;
+        }
+        cpu += thread_cpu() - t0;
+        for r in &mut readers {
+            loop {
+                match r.read(&mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let writes = n * rounds;
+    let per = cpu * 1e6 / writes as f64;
+    eprintln!(
+        "[{}] floor: {writes} writes of {} bytes: {per:.2} us each",
+        report.label,
+        frame.len()
+    );
+    report.emit(
+        "floor",
+        json!({"connections": n, "rounds": rounds, "bytes": frame.len(), "writes": writes,
+               "cpu_s": round(cpu, 4), "cpu_us_per_write": round(per, 3)}),
     )
 }

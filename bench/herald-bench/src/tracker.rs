@@ -120,12 +120,6 @@ impl Tracker {
         self.latency.saturating_record(us.max(1));
     }
 
-    /// Whether sequence number `k` has all its deliveries.
-    pub fn complete_k(&self, k: u64) -> bool {
-        let i = (k - self.k0) as usize;
-        self.got[i] >= self.expect[i]
-    }
-
     pub fn complete(&self) -> bool {
         self.delivered >= self.expected_total
     }
@@ -138,12 +132,23 @@ impl Tracker {
     /// (missing, duplicated) deliveries against the expectation, and the sequence numbers
     /// with gaps (up to 10).
     pub fn gaps(&self) -> (u64, u64, Vec<u64>) {
+        self.gaps_in((0..self.expect.len() as u64).map(|i| self.k0 + i))
+    }
+
+    /// The same over some sequence numbers only (those the server acknowledged).
+    pub fn gaps_in(&self, ks: impl IntoIterator<Item = u64>) -> (u64, u64, Vec<u64>) {
         let (mut missing, mut dup, mut examples) = (0u64, 0u64, Vec::new());
-        for (i, (&e, &g)) in self.expect.iter().zip(&self.got).enumerate() {
+        for k in ks {
+            let Some(i) = k.checked_sub(self.k0).map(|i| i as usize) else {
+                continue;
+            };
+            let (Some(&e), Some(&g)) = (self.expect.get(i), self.got.get(i)) else {
+                continue;
+            };
             if g < e {
                 missing += (e - g) as u64;
                 if examples.len() < 10 {
-                    examples.push(self.k0 + i as u64);
+                    examples.push(k);
                 }
             } else if g > e {
                 dup += (g - e) as u64;

@@ -24,6 +24,9 @@ pub struct Spec {
     pub user_prefix: String,
     /// Distinct users the connections are spread over (0: one user per connection).
     pub users: usize,
+    /// Answer events that ask for an ack (`42<id>[...]`) with `43<id>[]`, as a client
+    /// whose handler calls the ack callback does.
+    pub ack: bool,
 }
 
 impl Spec {
@@ -114,7 +117,10 @@ async fn handshake_inner(spec: &Spec, source: IpAddr, user: Option<&str>) -> any
     let mut stream = tcp(spec.target, source).await.context("connect")?;
     stream.write_all(spec.request(user).as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
-    let end = read_until(&mut stream, &mut buf, |b| find(b, b"\r\n\r\n").map(|i| i + 4)).await?;
+    let end = read_until(&mut stream, &mut buf, |b| {
+        find(b, b"\r\n\r\n").map(|i| i + 4)
+    })
+    .await?;
     if !buf.starts_with(b"HTTP/1.1 101") {
         bail!("upgrade refused: {}", String::from_utf8_lossy(&buf));
     }
@@ -276,7 +282,7 @@ pub enum End {
 
 /// Runs a connection until it closes: answers Engine.IO v4 pings (and WebSocket pings)
 /// and hands every other text message to `on_text`.
-pub async fn receive(conn: Conn, eio: u8, mut on_text: impl FnMut(&[u8])) -> End {
+pub async fn receive(conn: Conn, eio: u8, ack: bool, mut on_text: impl FnMut(&[u8])) -> End {
     let Conn {
         mut stream,
         mut pending,
@@ -285,7 +291,7 @@ pub async fn receive(conn: Conn, eio: u8, mut on_text: impl FnMut(&[u8])) -> End
     let mut replies: Vec<Vec<u8>> = Vec::new();
     let mut closed = false;
     if !pending.is_empty() {
-        let used = parse(&pending, eio, &mut on_text, &mut replies, &mut closed);
+        let used = parse(&pending, eio, ack, &mut on_text, &mut replies, &mut closed);
         pending.drain(..used);
     }
     loop {
@@ -306,11 +312,18 @@ pub async fn receive(conn: Conn, eio: u8, mut on_text: impl FnMut(&[u8])) -> End
                 return Ok(0);
             }
             if pending.is_empty() {
-                let used = parse(&scratch[..n], eio, &mut on_text, &mut replies, &mut closed);
+                let used = parse(
+                    &scratch[..n],
+                    eio,
+                    ack,
+                    &mut on_text,
+                    &mut replies,
+                    &mut closed,
+                );
                 pending.extend_from_slice(&scratch[used..n]);
             } else {
                 pending.extend_from_slice(&scratch[..n]);
-                let used = parse(&pending, eio, &mut on_text, &mut replies, &mut closed);
+                let used = parse(&pending, eio, ack, &mut on_text, &mut replies, &mut closed);
                 pending.drain(..used);
             }
             Ok(n)
@@ -331,6 +344,7 @@ pub async fn receive(conn: Conn, eio: u8, mut on_text: impl FnMut(&[u8])) -> End
 fn parse(
     data: &[u8],
     eio: u8,
+    ack: bool,
     on_text: &mut impl FnMut(&[u8]),
     replies: &mut Vec<Vec<u8>>,
     closed: &mut bool,
@@ -345,6 +359,18 @@ fn parse(
                 } else if payload.starts_with(b"41") {
                     *closed = true;
                 } else {
+                    if ack && payload.starts_with(b"42") {
+                        let digits = payload[2..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .count();
+                        if digits > 0 {
+                            let mut reply = b"43".to_vec();
+                            reply.extend_from_slice(&payload[2..2 + digits]);
+                            reply.extend_from_slice(b"[]");
+                            replies.push(text_frame(&reply));
+                        }
+                    }
                     on_text(payload);
                 }
             }

@@ -44,7 +44,10 @@ async fn push(State(io): State<SocketIo>, Json(p): Json<Push>) -> Json<Value> {
         None => vec!["all".to_owned()],
     };
     let times = p.times.unwrap_or(1).max(1);
-    let mut last = Meta { id: String::new(), ts: 0 };
+    let mut last = Meta {
+        id: String::new(),
+        ts: 0,
+    };
     for _ in 0..times {
         let meta = Meta {
             id: uuid::Uuid::now_v7().to_string(),
@@ -68,12 +71,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Queue bound per socket set to herald's default (4096 packets) so that a burst is
     // not dropped by a smaller queue than herald has.
     let (layer, io) = SocketIo::builder().max_buffer_size(4096).build_layer();
-    io.ns("/", async |socket: SocketRef, Data(auth): Data<Auth>| {
-        match auth.user_id {
+    io.ns(
+        "/",
+        async |socket: SocketRef, Data(auth): Data<Auth>| match auth.user_id {
             Some(u) => socket.join([format!("user:{u}"), "all".to_owned()]),
             None => socket.join("all"),
-        }
-    });
+        },
+    );
     let app = axum::Router::new()
         .route("/push", post(push))
         .with_state(io)
