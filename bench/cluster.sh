@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Three herald nodes through Redis and PostgreSQL (both started here, in a temporary
+# directory): 10,000 receivers on node 1, pushes entering node 2 at fixed rates (publish →
+# device latency across nodes), and the CPU of node 3, which holds none of the users.
+#
+# Usage: bench/cluster.sh [rates]   (default: 5000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rates="${1:-5000}"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release -q -p herald -p herald-bench
+herald="$target_dir/release/herald"
+bench="$target_dir/release/herald-bench"
+ulimit -n 20000
+work=$(mktemp -d)
+pids=()
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgbin/$1" "${@:2}"; else "$pgbin/$1" "${@:2}"; fi
+}
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  run_pg pg_ctl -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+pids+=($!)
+mkdir -p "$work/pg"
+[ "$(id -u)" = 0 ] && chown postgres "$work" "$work/pg"
+pg_port=$(free_port)
+run_pg initdb -D "$work/pg" -A trust -U postgres >/dev/null
+run_pg pg_ctl -D "$work/pg" -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1" -l "$work/pg.log" -w start >/dev/null
+run_pg createdb -h 127.0.0.1 -p "$pg_port" -U postgres herald
+wait_port "$redis_port"
+
+ports=()
+for n in 1 2 3; do
+  port=$(free_port)
+  HERALD_LOG=warn HERALD_CLUSTER_REDIS="redis://127.0.0.1:$redis_port" HERALD_CLUSTER_NODE_ID="node$n" \
+    HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/herald" \
+    "$herald" --dev-auth --listen "127.0.0.1:$port" >/dev/null &
+  pids+=($!)
+  ports+=("$port")
+  wait_port "$port"
+done
+node1=${pids[1]}; node3=${pids[3]}
+before=$(cpu_ticks "$node3")
+"$bench" suite --target "127.0.0.1:${ports[0]}" --api-target "127.0.0.1:${ports[1]}" --server-pid "$node1" \
+  --label herald-cluster --durable --ack --http-connections 64 --scenarios latency --rates "$rates" \
+  --rate-secs 10 --sources 127.0.0.1,127.0.0.2 --out "$work/results.jsonl"
+after=$(cpu_ticks "$node3")
+metrics=$(curl -s "127.0.0.1:${ports[2]}/metrics" | grep cluster_received_total | tail -1)
+echo
+echo "node 3 (holds no user): CPU $(( (after - before) * 10 )) ms during the run; $metrics"
+echo "raw results:"
+cat "$work/results.jsonl"
