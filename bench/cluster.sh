@@ -3,10 +3,13 @@
 # directory): 10,000 receivers on node 1, pushes entering node 2 at fixed rates (publish →
 # device latency across nodes), and the CPU of node 3, which holds none of the users.
 #
-# Usage: bench/cluster.sh [rates]   (default: 5000)
+# Usage: bench/cluster.sh [rates] [durable|volatile]   (default: 5000 durable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rates="${1:-5000}"
+mode="${2:-durable}"
+durable_flag=""
+[ "$mode" = durable ] && durable_flag="--durable --ack"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release -q -p herald -p herald-bench
 herald="$target_dir/release/herald"
@@ -52,7 +55,7 @@ done
 node1=${pids[1]}; node3=${pids[3]}
 before=$(cpu_ticks "$node3")
 "$bench" suite --target "127.0.0.1:${ports[0]}" --api-target "127.0.0.1:${ports[1]}" --server-pid "$node1" \
-  --label herald-cluster --durable --ack --http-connections 64 --scenarios latency --rates "$rates" \
+  --label "herald-cluster-$mode" $durable_flag --http-connections 64 --scenarios latency --rates "$rates" \
   --rate-secs 10 --sources 127.0.0.1,127.0.0.2 --out "$work/results.jsonl"
 after=$(cpu_ticks "$node3")
 metrics=$(curl -s "127.0.0.1:${ports[2]}/metrics" | grep cluster_received_total | tail -1)
