@@ -2,10 +2,12 @@
 //! connection, and a subscriber connection. RESP2 over TCP, with reconnects left to the
 //! caller (both connections report when they break).
 
+use std::future::Future;
 use std::io;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,6 +135,46 @@ fn parse_at(buf: &[u8], pos: &mut usize) -> Result<Option<Reply>, io::Error> {
     }))
 }
 
+/// Connects to Redis with Nagle's algorithm off (commands are small and pipelined).
+async fn dial(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The next reply on a connection, reading more as needed; `None` once the connection
+/// ends or sends something that is not RESP.
+async fn next_reply(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> Option<Reply> {
+    loop {
+        match parse(buf) {
+            Ok(Some(reply)) => return Some(reply),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match r.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Runs a connection's writer and reader until either ends; the receiver returned
+/// completes then.
+fn run(
+    writer: impl Future<Output = ()> + Send + 'static,
+    reader: impl Future<Output = ()> + Send + 'static,
+) -> oneshot::Receiver<()> {
+    let (closed_tx, closed) = oneshot::channel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+        }
+        let _ = closed_tx.send(());
+    });
+    closed
+}
+
 /// A command connection: commands are pipelined, replies matched in order.
 #[derive(Clone)]
 pub struct Commands {
@@ -142,59 +184,44 @@ pub struct Commands {
 impl Commands {
     /// Connects; the connection's task ends (and `closed` completes) when it breaks.
     pub async fn connect(addr: &str) -> io::Result<(Commands, oneshot::Receiver<()>)> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let (mut r, mut w) = dial(addr).await?.into_split();
         let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Option<oneshot::Sender<Reply>>)>(65_536);
-        let (closed_tx, closed) = oneshot::channel();
-        tokio::spawn(async move {
-            let (mut r, mut w) = stream.into_split();
-            let (pending_tx, mut pending_rx) =
-                mpsc::unbounded_channel::<Option<oneshot::Sender<Reply>>>();
-            let writer = async move {
-                let mut out = Vec::new();
-                while let Some((cmd, reply)) = rx.recv().await {
-                    out.clear();
+        // Who waits for each reply, in the order the commands were written.
+        let (pending_tx, mut pending_rx) =
+            mpsc::unbounded_channel::<Option<oneshot::Sender<Reply>>>();
+        let writer = async move {
+            let mut out = Vec::new();
+            while let Some((cmd, reply)) = rx.recv().await {
+                out.clear();
+                out.extend_from_slice(&cmd);
+                if pending_tx.send(reply).is_err() {
+                    return;
+                }
+                // Gather whatever else is queued into the same write.
+                while let Ok((cmd, reply)) = rx.try_recv() {
                     out.extend_from_slice(&cmd);
                     if pending_tx.send(reply).is_err() {
                         return;
                     }
-                    // Gather whatever else is queued into the same write.
-                    while let Ok((cmd, reply)) = rx.try_recv() {
-                        out.extend_from_slice(&cmd);
-                        if pending_tx.send(reply).is_err() {
-                            return;
-                        }
-                    }
-                    if w.write_all(&out).await.is_err() {
-                        return;
-                    }
                 }
-            };
-            let reader = async move {
-                let mut buf = BytesMut::with_capacity(4096);
-                loop {
-                    while let Ok(Some(reply)) = parse(&mut buf) {
-                        match pending_rx.recv().await {
-                            Some(Some(tx)) => {
-                                let _ = tx.send(reply);
-                            }
-                            Some(None) => {}
-                            None => return,
-                        }
-                    }
-                    match r.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
+                if w.write_all(&out).await.is_err() {
+                    return;
                 }
-            };
-            tokio::select! {
-                _ = writer => {}
-                _ = reader => {}
             }
-            let _ = closed_tx.send(());
-        });
-        Ok((Commands { tx }, closed))
+        };
+        let reader = async move {
+            let mut buf = BytesMut::with_capacity(4096);
+            while let Some(reply) = next_reply(&mut r, &mut buf).await {
+                match pending_rx.recv().await {
+                    Some(Some(tx)) => {
+                        let _ = tx.send(reply);
+                    }
+                    Some(None) => {}
+                    None => return,
+                }
+            }
+        };
+        Ok((Commands { tx }, run(writer, reader)))
     }
 
     /// Sends a command and waits for its reply.
@@ -242,53 +269,37 @@ impl Subscriber {
         addr: &str,
         out: mpsc::Sender<Published>,
     ) -> io::Result<(Subscriber, oneshot::Receiver<()>)> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let (mut r, mut w) = dial(addr).await?.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let (closed_tx, closed) = oneshot::channel();
-        tokio::spawn(async move {
-            let (mut r, mut w) = stream.into_split();
-            let writer = async move {
-                while let Some(mut cmd) = rx.recv().await {
-                    while let Ok(more) = rx.try_recv() {
-                        cmd.extend_from_slice(&more);
-                    }
-                    if w.write_all(&cmd).await.is_err() {
-                        return;
-                    }
+        let writer = async move {
+            while let Some(mut cmd) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    cmd.extend_from_slice(&more);
                 }
-            };
-            let reader = async move {
-                let mut buf = BytesMut::with_capacity(4096);
-                loop {
-                    while let Ok(Some(reply)) = parse(&mut buf) {
-                        let mut items = reply.into_array().into_iter();
-                        let kind = items.next().and_then(|k| k.as_text());
-                        if kind.as_deref() != Some("message") {
-                            continue; // subscribe and unsubscribe confirmations
-                        }
-                        let (Some(Reply::Bulk(Some(channel))), Some(Reply::Bulk(Some(payload)))) =
-                            (items.next(), items.next())
-                        else {
-                            continue;
-                        };
-                        if out.send(Published { channel, payload }).await.is_err() {
-                            return;
-                        }
-                    }
-                    match r.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
+                if w.write_all(&cmd).await.is_err() {
+                    return;
                 }
-            };
-            tokio::select! {
-                _ = writer => {}
-                _ = reader => {}
             }
-            let _ = closed_tx.send(());
-        });
-        Ok((Subscriber { tx }, closed))
+        };
+        let reader = async move {
+            let mut buf = BytesMut::with_capacity(4096);
+            while let Some(reply) = next_reply(&mut r, &mut buf).await {
+                let mut items = reply.into_array().into_iter();
+                let kind = items.next().and_then(|k| k.as_text());
+                if kind.as_deref() != Some("message") {
+                    continue; // subscribe and unsubscribe confirmations
+                }
+                let (Some(Reply::Bulk(Some(channel))), Some(Reply::Bulk(Some(payload)))) =
+                    (items.next(), items.next())
+                else {
+                    continue;
+                };
+                if out.send(Published { channel, payload }).await.is_err() {
+                    return;
+                }
+            }
+        };
+        Ok((Subscriber { tx }, run(writer, reader)))
     }
 
     /// Sends an encoded command as it is (AUTH before subscribing).
