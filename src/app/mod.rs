@@ -25,14 +25,15 @@ use crate::transport::{self, Engine, EngineHandler, Fallback};
 /// Longest device id accepted.
 const MAX_DEVICE_ID: usize = 128;
 
-/// Who a socket is, attached at connect.
+/// Who a socket is and where it resumes from, read from its handshake once, at connect.
 struct Client {
     user: String,
     device: Option<String>,
+    resume: Resume,
 }
 
 /// Where a connecting client asked to resume from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resume {
     /// Live messages only.
     Live,
@@ -99,12 +100,16 @@ impl Handler for Devices {
             .map_err(|e| ConnectError::new(e.to_string()))?;
         self.router.local_presence(&user, here);
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
-        socket.set_data(Client { user, device });
+        socket.set_data(Client {
+            user,
+            device,
+            resume,
+        });
         Ok(())
     }
 
-    fn on_connect(&self, socket: &Socket, hs: &Handshake<'_>) {
-        let Ok((resume, _)) = resume_of(hs) else {
+    fn on_connect(&self, socket: &Socket, _hs: &Handshake<'_>) {
+        let Some(resume) = socket.data::<Client>().map(|c| c.resume) else {
             return;
         };
         let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());
