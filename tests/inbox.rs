@@ -11,6 +11,7 @@ use herald::push::{PushRequest, PushService};
 use herald::store::Store;
 use tokio::sync::oneshot;
 
+#[macro_use]
 mod common;
 use common::pg::Postgres;
 use common::{http, Ws};
@@ -54,23 +55,6 @@ async fn postgres() -> Running {
     let pg = Postgres::start();
     let url = pg.database("herald_inbox");
     start(url, Some(pg)).await
-}
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(super::sqlite().await).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::postgres().await).await
-                }
-            }
-        )*
-    };
 }
 
 both!(

@@ -7,6 +7,7 @@ use herald::hub::{Message, Target};
 use herald::store::{NewMessage, Retention, Store, StoreConfig, StoreError};
 use tokio::sync::mpsc;
 
+#[macro_use]
 mod common;
 use common::pg::Postgres;
 
@@ -58,23 +59,6 @@ fn msg(n: u64, users: &[&str]) -> NewMessage {
         users,
         idempotency: None,
     }
-}
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(super::sqlite().await).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::postgres().await).await
-                }
-            }
-        )*
-    };
 }
 
 both!(

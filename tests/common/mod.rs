@@ -8,6 +8,26 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Runs each named `async fn(fixture)` of the test file against SQLite and against
+/// PostgreSQL; the file defines the `sqlite()` and `postgres()` fixtures.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::sqlite().await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::postgres().await).await
+                }
+            }
+        )*
+    };
+}
+
 pub mod pg;
 pub mod redis;
 
