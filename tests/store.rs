@@ -15,14 +15,42 @@ use common::pg::Postgres;
 struct Fixture {
     store: Store,
     committed: mpsc::Receiver<Arc<Message>>,
-    _pg: Option<Postgres>,
+    /// What the store was opened with, to open it again.
+    url: String,
+    _dir: Option<Arc<tempfile::TempDir>>,
+    _pg: Option<Arc<Postgres>>,
 }
 
-async fn open(url: String, pg: Option<Postgres>) -> Fixture {
+impl Fixture {
+    /// Closes the store and opens the same database again, as a restart does.
+    async fn reopen(self) -> Fixture {
+        let Fixture {
+            store,
+            url,
+            _dir,
+            _pg,
+            ..
+        } = self;
+        drop(store);
+        // The old writer finishes its last commit and lets go of the database.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        open(url, _dir, _pg).await
+    }
+}
+
+async fn open(
+    url: String,
+    dir: Option<Arc<tempfile::TempDir>>,
+    pg: Option<Arc<Postgres>>,
+) -> Fixture {
     let (tx, rx) = mpsc::channel(100_000);
     let store = Store::open(
         StoreConfig {
-            url,
+            url: url.clone(),
+            data_dir: dir
+                .as_ref()
+                .map(|d| d.path().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             max_page: 1000,
             ..StoreConfig::default()
         },
@@ -33,18 +61,22 @@ async fn open(url: String, pg: Option<Postgres>) -> Fixture {
     Fixture {
         store,
         committed: rx,
+        url,
+        _dir: dir,
         _pg: pg,
     }
 }
 
 async fn sqlite() -> Fixture {
-    open("sqlite::memory:".into(), None).await
+    // A data directory rather than `:memory:`, so that a test can reopen it.
+    let dir = tempfile::tempdir().unwrap();
+    open(String::new(), Some(Arc::new(dir)), None).await
 }
 
 async fn postgres() -> Fixture {
     let pg = Postgres::start();
     let url = pg.database("herald_test");
-    open(url, Some(pg)).await
+    open(url, None, Some(Arc::new(pg))).await
 }
 
 fn msg(n: u64, users: &[&str]) -> NewMessage {
@@ -67,6 +99,7 @@ both!(
     read_state_clamps_and_never_goes_back,
     acks_record_delivery_and_device_position,
     retention_removes_old_and_excess_messages,
+    seqs_outlive_retention_and_restarts,
     pages_follow_after_and_limit,
 );
 
@@ -229,6 +262,49 @@ async fn retention_removes_old_and_excess_messages(f: Fixture) {
     // Seqs keep counting after removals.
     let next = f.store.append(msg(7, &["ann"])).await.unwrap();
     assert_eq!(next.seqs, vec![("ann".to_string(), 7)]);
+}
+
+async fn seqs_outlive_retention_and_restarts(f: Fixture) {
+    for n in 1..=3 {
+        f.store.append(msg(n, &["ann", "bob"])).await.unwrap();
+    }
+    f.store.append(msg(4, &["bob"])).await.unwrap();
+    assert_eq!(f.store.mark_read("ann", 2).await.unwrap(), 2);
+    // A restart forgets whatever the writer kept in memory.
+    let f = f.reopen().await;
+    let next = f.store.append(msg(5, &["ann"])).await.unwrap();
+    assert_eq!(next.seqs, vec![("ann".to_string(), 4)]);
+    // Retention by age removes every stored copy of both users.
+    let removed = f
+        .store
+        .sweep(Retention {
+            now_ms: 2_000_000,
+            max_age_ms: 1,
+            max_messages: 100,
+            idempotency_window_ms: u64::MAX / 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed, 8);
+    let f = f.reopen().await;
+    assert!(f.store.messages("bob", 0, 10).await.unwrap().is_empty());
+    let unread = f.store.unread("bob").await.unwrap();
+    assert_eq!((unread.last_seq, unread.unread), (4, 0));
+    let unread = f.store.unread("ann").await.unwrap();
+    assert_eq!((unread.last_seq, unread.read_up_to), (4, 2));
+    // Seqs carry on where they were, never starting over.
+    let next = f.store.append(msg(6, &["ann", "bob"])).await.unwrap();
+    assert_eq!(
+        next.seqs,
+        vec![("ann".to_string(), 5), ("bob".to_string(), 5)]
+    );
+    // Reading is clamped to the last seq, which the store still knows.
+    assert_eq!(f.store.mark_read("bob", 99).await.unwrap(), 5);
+    let unread = f.store.unread("bob").await.unwrap();
+    assert_eq!(
+        (unread.last_seq, unread.unread, unread.read_up_to),
+        (5, 0, 5)
+    );
 }
 
 async fn pages_follow_after_and_limit(f: Fixture) {

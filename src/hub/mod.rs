@@ -60,8 +60,12 @@ pub struct Message {
 impl Message {
     /// The packets of a live message: `event(data, {id, ts})`, the same for everyone.
     pub fn encode(&self) -> Vec<Outbound> {
-        let meta = serde_json::json!({"id": self.id, "ts": self.ts});
-        let args = format!("[{},{}]", self.data.get(), meta);
+        let args = format!(
+            "[{},{{\"id\":{},\"ts\":{}}}]",
+            self.data.get(),
+            json_string(&self.id),
+            self.ts
+        );
         packet::encode_event("/", &self.event, &Args::from_raw(args, Vec::new()), None)
     }
 
@@ -75,9 +79,14 @@ impl Message {
 
 /// The packets of one stored copy (see [`Message::encode_stored`]).
 pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Vec<Outbound> {
-    let meta = serde_json::json!({"id": id, "seq": seq, "ts": ts});
-    let args = format!("[{data},{meta}]");
+    let id = json_string(id);
+    let args = format!("[{data},{{\"id\":{id},\"seq\":{seq},\"ts\":{ts}}}]");
     packet::encode_event("/", event, &Args::from_raw(args, Vec::new()), Some(seq))
+}
+
+/// `s` as a JSON string.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 /// One connection in a user's room.

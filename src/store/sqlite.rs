@@ -1,6 +1,14 @@
 //! The embedded SQLite backend: one writer thread that group-commits, one reader thread,
 //! each with its own connection to a WAL database (readers never wait for the writer).
+//!
+//! The writer is the database's only writer, so it keeps each user's last seq in memory
+//! (loaded on first use) instead of updating a `users` row per push: a user's last seq
+//! is the larger of `users.last_seq` and the user's highest seq in `inbox`, and
+//! `users.last_seq` is brought up to date only before retention deletes inbox rows.
+//! That saves a page write per push, the larger part of what a commit costs. A commit
+//! is answered from a runtime task, one wake-up per commit instead of one per request.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -81,10 +89,23 @@ pub(super) fn start(
     migrate(&mut writer)?;
     let reader = open(&path, uri, &cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
+    // Committed batches are answered on the runtime, in commit order.
+    let (settled, mut to_settle) = mpsc::unbounded_channel::<Settle>();
+    tokio::spawn(async move {
+        let mut forward = Vec::new();
+        while let Some((done, result)) = to_settle.recv().await {
+            settle(done, result, |m| forward.push(m));
+            for m in forward.drain(..) {
+                // Commit order is delivery order: wait rather than reorder.
+                let _ = committed.send(m).await;
+            }
+        }
+    });
     std::thread::Builder::new()
         .name("herald-store-writer".into())
         .spawn(move || {
             let mut batch = Vec::with_capacity(max_batch);
+            let mut seqs = Seqs::default();
             while let Some(first) = writes.blocking_recv() {
                 batch.push(first);
                 while batch.len() < max_batch {
@@ -93,7 +114,10 @@ pub(super) fn start(
                         Err(_) => break,
                     }
                 }
-                commit(&mut writer, &mut batch, &committed);
+                let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
+                if settled.send((done, result)).is_err() {
+                    break;
+                }
             }
             drop(writer);
             if let Some(p) = scratch {
@@ -116,7 +140,44 @@ pub(super) fn start(
     Ok(())
 }
 
-fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sender<Arc<Message>>) {
+/// A committed (or failed) batch on its way to its callers.
+type Settle = (Vec<Done>, Result<(), StoreError>);
+
+/// Each user's last seq, as far as this writer has loaded or allocated it.
+#[derive(Default)]
+struct Seqs(HashMap<String, i64>);
+
+/// Users whose last seq is kept in memory; beyond this the map starts over.
+const MAX_CACHED_USERS: usize = 1 << 20;
+
+impl Seqs {
+    /// The user's last seq (0 for a user with no messages).
+    fn last(&mut self, tx: &Transaction<'_>, user: &str) -> Result<i64, rusqlite::Error> {
+        if let Some(v) = self.0.get(user) {
+            return Ok(*v);
+        }
+        let v: i64 = tx
+            .prepare_cached(
+                "SELECT MAX(COALESCE((SELECT last_seq FROM users WHERE user_id = ?1), 0),
+                            COALESCE((SELECT MAX(seq) FROM inbox WHERE user_id = ?1), 0))",
+            )?
+            .query_row([user], |r| r.get(0))?;
+        if self.0.len() >= MAX_CACHED_USERS {
+            self.0 = HashMap::new();
+        }
+        self.0.insert(user.to_owned(), v);
+        Ok(v)
+    }
+
+    /// Allocates the user's next seq.
+    fn next(&mut self, tx: &Transaction<'_>, user: &str) -> Result<i64, rusqlite::Error> {
+        let v = self.last(tx, user)? + 1;
+        self.0.insert(user.to_owned(), v);
+        Ok(v)
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, seqs: &mut Seqs) -> Settle {
     let mut ops = std::mem::take(batch).into_iter();
     let mut done = Vec::with_capacity(ops.len());
     let result = match conn.transaction() {
@@ -125,7 +186,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sen
             let Some(op) = ops.next() else {
                 break tx.commit();
             };
-            match apply(&tx, op) {
+            match apply(&tx, op, seqs) {
                 Ok(d) => done.push(d),
                 Err(failed) => {
                     let (d, e) = *failed;
@@ -137,18 +198,19 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, committed: &mpsc::Sen
     };
     // Ops that did not run hear of the failure too.
     done.extend(ops.map(pending));
-    settle(done, result.map_err(StoreError::from), |m| {
-        // Commit order is delivery order: block rather than reorder.
-        let _ = committed.blocking_send(m);
-    });
+    if result.is_err() {
+        // Seqs allocated in the rolled-back transaction were never stored.
+        seqs.0.clear();
+    }
+    (done, result.map_err(StoreError::from))
 }
 
 /// A failed op keeps its reply, so the caller hears of the failure (boxed: it is large).
 type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 
-fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
+fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
     match op {
-        WriteOp::Append(msg, reply) => match append(tx, &msg) {
+        WriteOp::Append(msg, reply) => match append(tx, &msg, seqs) {
             Ok(Ok(a)) => {
                 let m = (!a.duplicate)
                     .then(|| committed_message(&msg, &a.seqs))
@@ -166,7 +228,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
             up_to,
             at,
             reply,
-        } => match mark_read(tx, &user, up_to, at) {
+        } => match mark_read(tx, &user, up_to, at, seqs) {
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
@@ -191,6 +253,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
 fn append(
     tx: &Transaction<'_>,
     msg: &NewMessage,
+    seqs: &mut Seqs,
 ) -> Result<Result<Appended, StoreError>, rusqlite::Error> {
     if let Some((key, fingerprint)) = &msg.idempotency {
         let seen: Option<(String, String)> = tx
@@ -211,24 +274,19 @@ fn append(
     }
     tx.prepare_cached("INSERT INTO messages (id, event, data, ts) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![msg.id, msg.event, msg.data, msg.ts as i64])?;
-    let mut next = tx.prepare_cached(
-        "INSERT INTO users (user_id, last_seq) VALUES (?1, 1)
-         ON CONFLICT (user_id) DO UPDATE SET last_seq = users.last_seq + 1
-         RETURNING last_seq",
-    )?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO inbox (user_id, seq, message_id, ts) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    let mut seqs = Vec::with_capacity(msg.users.len());
+    let mut allocated = Vec::with_capacity(msg.users.len());
     for user in &msg.users {
-        let seq: i64 = next.query_row([user], |r| r.get(0))?;
+        let seq = seqs.next(tx, user)?;
         insert.execute(params![user, seq, msg.id, msg.ts as i64])?;
-        seqs.push((user.clone(), seq as u64));
+        allocated.push((user.clone(), seq as u64));
     }
     let appended = Appended {
         id: msg.id.clone(),
         ts: msg.ts,
-        seqs,
+        seqs: allocated,
         duplicate: false,
     };
     if let Some((key, fingerprint)) = &msg.idempotency {
@@ -246,18 +304,21 @@ fn mark_read(
     user: &str,
     up_to: u64,
     at: u64,
+    seqs: &mut Seqs,
 ) -> Result<u64, rusqlite::Error> {
     let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
-    let stored: Option<i64> = tx
-        .prepare_cached(
-            "UPDATE users SET read_upto = MAX(read_upto, MIN(?2, last_seq))
-             WHERE user_id = ?1 RETURNING read_upto",
-        )?
-        .query_row(params![user, up_to], |r| r.get(0))
-        .optional()?;
-    let Some(stored) = stored else {
+    let last = seqs.last(tx, user)?;
+    if last == 0 {
         return Ok(0);
-    };
+    }
+    let stored: i64 = tx
+        .prepare_cached(
+            "INSERT INTO users (user_id, last_seq, read_upto) VALUES (?1, ?2, MIN(?3, ?2))
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = MAX(users.last_seq, excluded.last_seq),
+                 read_upto = MAX(users.read_upto, excluded.read_upto)
+             RETURNING read_upto",
+        )?
+        .query_row(params![user, last, up_to], |r| r.get(0))?;
     tx.prepare_cached(
         "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
     )?
@@ -289,10 +350,19 @@ fn delivered(
 
 fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, rusqlite::Error> {
     let cutoff = r.now_ms.saturating_sub(r.max_age_ms) as i64;
+    // A user's last seq must outlive the inbox rows it is read from.
+    tx.execute(
+        "INSERT INTO users (user_id, last_seq)
+         SELECT user_id, MAX(seq) FROM inbox WHERE ts < ?1 GROUP BY user_id
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = MAX(users.last_seq, excluded.last_seq)",
+        [cutoff],
+    )?;
     let mut n = tx.execute("DELETE FROM inbox WHERE ts < ?1", [cutoff])? as u64;
+    // Deleting by count keeps each user's newest rows, and with them the last seq.
     n += tx.execute(
-        "DELETE FROM inbox WHERE seq <= (SELECT last_seq FROM users WHERE users.user_id = inbox.user_id) - ?1",
-        [r.max_messages as i64],
+        "DELETE FROM inbox WHERE seq <= (SELECT MAX(seq) FROM inbox AS newest
+                                         WHERE newest.user_id = inbox.user_id) - ?1",
+        [r.max_messages.max(1) as i64],
     )? as u64;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
@@ -378,13 +448,16 @@ pub(super) fn raw_null() -> Box<serde_json::value::RawValue> {
 }
 
 fn unread(conn: &Connection, user: &str) -> Result<Unread, rusqlite::Error> {
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT last_seq, read_upto FROM users WHERE user_id = ?1")?
-        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((last, read)) = row else {
+    let (last, read): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT last_seq FROM users WHERE user_id = ?1), 0),
+                        COALESCE((SELECT MAX(seq) FROM inbox WHERE user_id = ?1), 0)),
+                    COALESCE((SELECT read_upto FROM users WHERE user_id = ?1), 0)",
+        )?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if last == 0 {
         return Ok(Unread::default());
-    };
+    }
     let unread: i64 = conn
         .prepare_cached("SELECT COUNT(*) FROM inbox WHERE user_id = ?1 AND seq > ?2")?
         .query_row(params![user, read], |r| r.get(0))?;

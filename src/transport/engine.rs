@@ -12,6 +12,15 @@ use super::config::EngineConfig;
 use super::packet::Eio;
 use super::session::{Connection, Session, Sid};
 
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        // Let the flushers see that the engine is gone.
+        for list in self.flush.iter() {
+            list.notify.notify_one();
+        }
+    }
+}
+
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -67,6 +76,12 @@ const SHARDS: usize = 32;
 /// One shard of the session registry.
 type Shard = Mutex<HashMap<Sid, Arc<Session>>>;
 
+/// Sessions whose queued packets wait to be written to their WebSocket.
+struct FlushList {
+    pending: Mutex<Vec<Arc<Session>>>,
+    notify: tokio::sync::Notify,
+}
+
 pub(crate) struct EngineInner {
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
@@ -76,6 +91,8 @@ pub(crate) struct EngineInner {
     shards: Box<[Shard]>,
     /// Origin of the engine clock used for heartbeat deadlines (milliseconds).
     epoch: Instant,
+    /// One flush list (and flusher task) per core, sessions spread by sid.
+    flush: Arc<[FlushList]>,
 }
 
 impl EngineInner {
@@ -83,10 +100,25 @@ impl EngineInner {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn shard(&self, sid: &Sid) -> &Shard {
+    fn hash(sid: &Sid) -> usize {
         let b = sid.as_str().as_bytes();
-        let h = b[0] as usize ^ (b[1] as usize) << 3 ^ (b[2] as usize) << 6;
-        &self.shards[h % SHARDS]
+        b[0] as usize ^ (b[1] as usize) << 3 ^ (b[2] as usize) << 6
+    }
+
+    fn shard(&self, sid: &Sid) -> &Shard {
+        &self.shards[Self::hash(sid) % SHARDS]
+    }
+
+    /// Puts a session with newly queued packets on its flush list.
+    pub(crate) fn schedule_flush(&self, session: Arc<Session>) {
+        let list = &self.flush[Self::hash(&session.sid()) % self.flush.len()];
+        let mut pending = list.pending.lock();
+        pending.push(session);
+        let first = pending.len() == 1;
+        drop(pending);
+        if first {
+            list.notify.notify_one();
+        }
     }
 
     pub(crate) fn insert(&self, session: &Arc<Session>) {
@@ -142,6 +174,13 @@ impl Engine {
             .map(|_| Mutex::new(HashMap::new()))
             .collect::<Vec<_>>()
             .into_boxed_slice();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let flush = (0..cores)
+            .map(|_| FlushList {
+                pending: Mutex::new(Vec::new()),
+                notify: tokio::sync::Notify::new(),
+            })
+            .collect();
         Engine {
             inner: Arc::new(EngineInner {
                 config,
@@ -152,6 +191,7 @@ impl Engine {
                     .collect(),
                 shards,
                 epoch: Instant::now(),
+                flush,
             }),
         }
     }
@@ -186,6 +226,32 @@ impl Engine {
             .collect();
         for s in all {
             s.disconnect();
+        }
+    }
+
+    /// Spawns the flusher tasks, one per flush list. Each waits until sessions are
+    /// listed, yields once so that the tasks already ready to run (more pushes, often)
+    /// queue their packets too, then writes every listed session's queue. A flusher
+    /// stops when the engine is dropped.
+    pub(crate) fn spawn_flushers(&self) {
+        for i in 0..self.inner.flush.len() {
+            let lists = self.inner.flush.clone();
+            let engine: Weak<EngineInner> = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let list = &lists[i];
+                let mut batch = Vec::new();
+                loop {
+                    list.notify.notified().await;
+                    if engine.strong_count() == 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    std::mem::swap(&mut batch, &mut *list.pending.lock());
+                    for s in batch.drain(..) {
+                        s.flush();
+                    }
+                }
+            });
         }
     }
 

@@ -245,11 +245,16 @@ impl Outbound {
         Outbound::Text(b.freeze())
     }
 
+    /// The packet's bytes, whatever its kind.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Outbound::Text(b) | Outbound::Binary(b) => b,
+        }
+    }
+
     /// Bytes this packet holds, for queue accounting.
     pub fn len(&self) -> usize {
-        match self {
-            Outbound::Text(b) | Outbound::Binary(b) => b.len(),
-        }
+        self.body().len()
     }
 
     /// Whether the packet holds no bytes (never true for a valid packet).

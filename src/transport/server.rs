@@ -60,6 +60,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     engine.spawn_heartbeat();
+    engine.spawn_flushers();
     let shared = Arc::new(Shared {
         engine: engine.inner.clone(),
         fallback,

@@ -1,17 +1,24 @@
 //! One Engine.IO session: its outbound queue, its transport state, and its heartbeat.
 //!
-//! A session is shared (`Arc`) between whoever pushes to it and the one task that drains
-//! its queue: the WebSocket connection task, or the pending long-polling `GET`. Pushing
-//! never touches the socket: it queues a shared, already encoded packet and wakes that
-//! task, so a slow client only ever costs its own bounded queue.
+//! A session is shared (`Arc`) between whoever pushes to it and whoever drains its queue.
+//! Pushing never touches the socket: it queues a shared, already encoded packet, so a
+//! slow client only ever costs its own bounded queue. A long-polling session's pending
+//! `GET` is woken to answer. A WebSocket session is instead put on its engine's flush
+//! list: a flusher task writes every listed session's queue straight to its socket once
+//! the tasks that are ready to run have had their turn, so a burst of pushes to a
+//! session leaves in one `writev` and an idle connection task is not woken at all. The
+//! connection task takes over only what the socket refuses, once it is writable again.
+//! All writes to a WebSocket happen under the session's lock, so frames never interleave.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
 use super::config::OverflowPolicy;
 use super::engine::EngineInner;
@@ -165,6 +172,16 @@ struct Inner {
     ws_waker: Option<Waker>,
     /// Set when the session leaves the open states; `on_close` runs once for it.
     reason: Option<CloseReason>,
+    /// The WebSocket, once its task has attached it: the flusher writes to it.
+    ws: Option<Arc<TcpStream>>,
+    /// Bytes that go to the WebSocket before the queue: the rest of a partly written
+    /// frame, and frames the connection writes itself (pong, close). Empty, unallocated,
+    /// almost always.
+    raw: Vec<u8>,
+    /// The close frame is in `raw`: nothing from the queue follows it.
+    ws_closing: bool,
+    /// The session is on its engine's flush list.
+    flush_pending: bool,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -208,16 +225,6 @@ pub(crate) enum GetReply {
     Final(Vec<Outbound>),
 }
 
-/// What the WebSocket task should do next.
-pub(crate) enum WsPoll {
-    /// Write these packets (cloned from the front of the queue), then call `ws_consumed`.
-    Write,
-    /// Nothing to write; the task is registered for a wake-up.
-    Idle,
-    /// The queue is flushed and the session closing: send a close frame and stop.
-    Close(CloseReason),
-}
-
 impl Session {
     pub(crate) fn new(
         engine: Arc<EngineInner>,
@@ -248,6 +255,10 @@ impl Session {
                 waker: None,
                 ws_waker: None,
                 reason: None,
+                ws: None,
+                raw: Vec::new(),
+                ws_closing: false,
+                flush_pending: false,
             }),
             ping_due: AtomicU64::new(ping_due),
             deadline: AtomicU64::new(deadline),
@@ -331,20 +342,53 @@ impl Session {
         }
         inner.queue.extend(packets.iter().cloned());
         inner.queued_bytes += bytes;
-        wake_drainer(inner);
+        self.kick(inner);
         Ok(())
     }
 
     /// Queues a control packet; not subject to the queue limits (heartbeats and upgrade
     /// noops must get through to a slow client too, and are few).
-    fn send_control(&self, packet: Outbound) {
+    fn send_control(self: &Arc<Self>, packet: Outbound) {
         let mut inner = self.inner.lock();
         if inner.reason.is_some() {
             return;
         }
         inner.queued_bytes += packet.len();
         inner.queue.push_back(packet);
-        wake_drainer(inner);
+        self.kick(inner);
+    }
+
+    /// Gets newly queued packets moving: an attached WebSocket goes on the flush list
+    /// (once), anything else wakes the task that drains the queue.
+    fn kick(self: &Arc<Self>, mut inner: parking_lot::MutexGuard<'_, Inner>) {
+        if inner.ws.is_none() {
+            return wake_drainer(inner);
+        }
+        if !inner.flush_pending {
+            inner.flush_pending = true;
+            drop(inner);
+            self.engine.schedule_flush(self.clone());
+        }
+    }
+
+    /// Called by the flusher: writes what is queued to the attached WebSocket. What the
+    /// socket refuses stays queued and the connection task is woken to wait for it.
+    pub(crate) fn flush(&self) {
+        let mut inner = self.inner.lock();
+        inner.flush_pending = false;
+        let Some(stream) = inner.ws.clone() else {
+            return;
+        };
+        let written = inner.write_ws(&stream, self.eio).is_ok();
+        if !written || inner.state != State::WebSocket {
+            // Would block or broken (the connection task finds out on its own write), or
+            // the session is closing (the task sends the close frame once all is out).
+            let waker = inner.waker.take();
+            drop(inner);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 
     /// Ends the session at once, dropping anything still queued.
@@ -391,6 +435,7 @@ impl Session {
         if to == State::Closed {
             inner.queue = VecDeque::new();
             inner.queued_bytes = 0;
+            inner.ws = None;
         }
         [inner.waker.take(), inner.ws_waker.take()]
     }
@@ -656,47 +701,131 @@ impl Session {
         }
     }
 
-    /// Polls for packets to write on the WebSocket: clones up to `max` from the front of
-    /// the queue into `batch` (they stay queued until `ws_consumed`).
-    pub(crate) fn poll_ws(
-        &self,
-        cx: &mut Context<'_>,
-        batch: &mut Vec<Outbound>,
-        max: usize,
-    ) -> WsPoll {
+    /// The WebSocket task takes over writing (at its start, or when an upgrade has
+    /// completed); `pending` holds bytes it has not yet written, which go first.
+    pub(crate) fn attach_ws(&self, stream: Arc<TcpStream>, pending: Vec<u8>) {
         let mut inner = self.inner.lock();
-        match inner.state {
-            State::Upgrading | State::Polling => {
+        inner.raw = pending;
+        if matches!(inner.state, State::WebSocket | State::Closing) {
+            inner.ws = Some(stream);
+        }
+    }
+
+    /// For an upgrading WebSocket: ready with the reason once the session has ended
+    /// (the task then closes its connection), else registered for a wake-up.
+    pub(crate) fn poll_upgrade_end(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut inner = self.inner.lock();
+        match inner.reason {
+            Some(reason) if inner.state == State::Closed => Poll::Ready(reason),
+            _ => {
                 inner.ws_waker = Some(cx.waker().clone());
-                WsPoll::Idle
-            }
-            State::Closed => WsPoll::Close(inner.reason.unwrap_or(CloseReason::ServerClose)),
-            State::WebSocket | State::Closing => {
-                if inner.queue.is_empty() {
-                    if inner.state == State::Closing {
-                        return WsPoll::Close(CloseReason::ServerClose);
-                    }
-                    inner.waker = Some(cx.waker().clone());
-                    return WsPoll::Idle;
-                }
-                batch.extend(inner.queue.iter().take(max).cloned());
-                WsPoll::Write
+                Poll::Pending
             }
         }
     }
 
-    /// Drops the first `n` packets, which the WebSocket task has written.
-    pub(crate) fn ws_consumed(&self, n: usize) {
+    /// Queues a frame the WebSocket task writes itself (a pong) after what is pending.
+    pub(crate) fn ws_raw(&self, frame: &[u8]) {
+        self.inner.lock().raw.extend_from_slice(frame);
+    }
+
+    /// Queues the close frame; nothing is written after it.
+    pub(crate) fn ws_close(&self, frame: &[u8]) {
         let mut inner = self.inner.lock();
-        for _ in 0..n {
-            match inner.queue.pop_front() {
-                Some(p) => inner.queued_bytes -= p.len(),
-                None => break,
-            }
+        if !inner.ws_closing {
+            inner.raw.extend_from_slice(frame);
+            inner.ws_closing = true;
+            inner.ws = None;
         }
-        if inner.queue.is_empty() && inner.queue.capacity() > 16 {
-            // Give back a burst's worth of queue memory once it is drained.
-            inner.queue = VecDeque::new();
+    }
+
+    /// Writes on behalf of the WebSocket task: pending bytes, then the queue. Pending
+    /// means the task is registered for a wake-up (socket writable, or more to write);
+    /// `Ready(Ok(true))` that the close frame is written, `Ready(Ok(false))` that the
+    /// session ended without one being queued yet (the task queues it and polls again).
+    pub(crate) fn poll_ws_write(
+        &self,
+        cx: &mut Context<'_>,
+        stream: &TcpStream,
+    ) -> Poll<io::Result<WsEnd>> {
+        let mut inner = self.inner.lock();
+        loop {
+            match inner.write_ws(stream, self.eio) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if inner.ws_closing {
+                return Poll::Ready(Ok(WsEnd::Closed));
+            }
+            return match inner.state {
+                State::Upgrading | State::Polling => {
+                    inner.ws_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                State::Closed => Poll::Ready(Ok(WsEnd::Ended(
+                    inner.reason.unwrap_or(CloseReason::ServerClose),
+                ))),
+                State::Closing if inner.queue.is_empty() => {
+                    Poll::Ready(Ok(WsEnd::Ended(CloseReason::ServerClose)))
+                }
+                State::WebSocket | State::Closing => {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            };
+        }
+    }
+}
+
+/// How a WebSocket's writing ended.
+pub(crate) enum WsEnd {
+    /// The close frame is written.
+    Closed,
+    /// The session ended for this reason; the close frame is still to be queued.
+    Ended(CloseReason),
+}
+
+impl Inner {
+    /// Writes `raw`, then queued packets (unless the close frame is in `raw`), until all
+    /// is written or the socket refuses more (`WouldBlock`).
+    fn write_ws(&mut self, stream: &TcpStream, eio: Eio) -> io::Result<()> {
+        loop {
+            if !self.raw.is_empty() {
+                let n = stream.try_write(&self.raw)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                self.raw.drain(..n);
+                if !self.raw.is_empty() {
+                    continue;
+                }
+                self.raw = Vec::new();
+            }
+            if self.ws_closing
+                || self.queue.is_empty()
+                || !matches!(self.state, State::WebSocket | State::Closing)
+            {
+                return Ok(());
+            }
+            let (front, back) = self.queue.as_slices();
+            let batch = if front.is_empty() { back } else { front };
+            let consumed = super::websocket::write_frames(stream, batch, eio, &mut self.raw)?;
+            for _ in 0..consumed {
+                if let Some(p) = self.queue.pop_front() {
+                    self.queued_bytes -= p.len();
+                }
+            }
+            if self.queue.is_empty() && self.queue.capacity() > 16 {
+                // Give back a burst's worth of queue memory once it is drained.
+                self.queue = VecDeque::new();
+            }
         }
     }
 }

@@ -4,7 +4,10 @@
 //! Reads go into a per-thread scratch buffer; only an incomplete frame is kept per
 //! connection. Writes go straight to the socket from the shared packet bytes (a frame
 //! header on the stack plus the payload, gathered with `writev`); only what the socket
-//! refuses is copied and kept until it can be written.
+//! refuses is copied and kept until it can be written. Once the connection carries the
+//! session, the session owns writing (see `session`): the engine's flusher writes what
+//! is pushed, and this task writes only when the socket had refused something, or for
+//! its own frames (pongs, the close frame).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -16,12 +19,12 @@ use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError, Header, MAX_HEADER};
 use super::packet::{self, Eio, Kind, Outbound, Packet};
-use super::session::{CloseReason, Session, WsPoll};
+use super::session::{CloseReason, Session, WsEnd};
 
 /// Bytes read per `read` call into the shared scratch buffer.
 const SCRATCH: usize = 64 << 10;
-/// Packets gathered into one `writev`.
-const BATCH: usize = 64;
+/// Packets gathered into one `writev` (two slices each, within `IOV_MAX`).
+const BATCH: usize = 128;
 /// Reads per poll before yielding to other connections.
 const READS_PER_POLL: usize = 16;
 
@@ -31,7 +34,7 @@ thread_local! {
 
 /// The state of one WebSocket connection.
 struct Driver {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     session: Arc<Session>,
     /// Largest frame or message payload accepted.
     max_payload: usize,
@@ -41,9 +44,12 @@ struct Driver {
     partial: Vec<u8>,
     /// A fragmented message being reassembled: its opcode and bytes so far.
     fragments: Option<(u8, Vec<u8>)>,
-    /// Bytes the socket refused; written before anything else.
+    /// Until the session is attached (while upgrading): bytes of this task's own frames
+    /// not yet written. Afterwards the session keeps them.
     unwritten: Vec<u8>,
-    /// A close frame has been queued in `unwritten`; stop once it is written.
+    /// The session writes to this connection (see `Session::attach_ws`).
+    attached: bool,
+    /// A close frame has been queued; stop once it is written.
     closing: bool,
 }
 
@@ -57,7 +63,7 @@ pub(crate) async fn run(
     max_payload: usize,
 ) {
     let mut d = Driver {
-        stream,
+        stream: Arc::new(stream),
         session,
         // An Engine.IO packet adds a type byte to the message.
         max_payload: max_payload + 1,
@@ -65,10 +71,12 @@ pub(crate) async fn run(
         partial: Vec::new(),
         fragments: None,
         unwritten: Vec::new(),
+        attached: false,
         closing: false,
     };
     if !upgrading {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        d.attach();
     }
     if !leftover.is_empty() {
         let mut buf = leftover;
@@ -260,6 +268,7 @@ impl Driver {
             Ok(Packet::Control(Kind::Upgrade, _)) => {
                 if self.session.complete_upgrade() {
                     self.upgrading = false;
+                    self.attach();
                 } else {
                     self.close_with(frame::CLOSE_POLICY);
                 }
@@ -290,9 +299,21 @@ impl Driver {
         self.close_with(e.code);
     }
 
+    /// Hands writing to the session.
+    fn attach(&mut self) {
+        self.session
+            .attach_ws(self.stream.clone(), std::mem::take(&mut self.unwritten));
+        self.attached = true;
+    }
+
     fn close_with(&mut self, code: u16) {
         if !self.closing {
-            self.unwritten.extend_from_slice(&frame::close_frame(code));
+            let close = frame::close_frame(code);
+            if self.attached {
+                self.session.ws_close(&close);
+            } else {
+                self.unwritten.extend_from_slice(&close);
+            }
             self.closing = true;
         }
     }
@@ -301,52 +322,41 @@ impl Driver {
     fn queue_raw(&mut self, opcode: u8, payload: &[u8]) {
         let mut h = [0u8; MAX_HEADER];
         let n = frame::write_header(&mut h, opcode, payload.len());
-        self.unwritten.extend_from_slice(&h[..n]);
-        self.unwritten.extend_from_slice(payload);
+        if self.attached {
+            let mut f = Vec::with_capacity(n + payload.len());
+            f.extend_from_slice(&h[..n]);
+            f.extend_from_slice(payload);
+            self.session.ws_raw(&f);
+        } else {
+            self.unwritten.extend_from_slice(&h[..n]);
+            self.unwritten.extend_from_slice(payload);
+        }
     }
 
-    /// Writes pending bytes, then the session's queue. Ready means the connection is over.
+    /// Writes what is pending. Ready means the connection is over.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.attached {
+            return self.poll_write_own(cx);
+        }
         loop {
-            if !self.unwritten.is_empty() {
-                match self.stream.try_write(&self.unwritten) {
-                    Ok(n) => {
-                        self.unwritten.drain(..n);
-                        if self.unwritten.is_empty() {
-                            self.unwritten = Vec::new();
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return match self.stream.poll_write_ready(cx) {
-                            Poll::Ready(Ok(())) => continue,
-                            Poll::Ready(Err(_)) => self.broken(),
-                            Poll::Pending => Poll::Pending,
-                        };
-                    }
-                    Err(_) => return self.broken(),
+            match self.session.poll_ws_write(cx, &self.stream) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(WsEnd::Closed)) => return Poll::Ready(()),
+                Poll::Ready(Ok(WsEnd::Ended(reason))) => self.close_with(close_code(reason)),
+                Poll::Ready(Err(_)) => return self.broken(),
+            }
+        }
+    }
+
+    /// Before the session is attached (upgrading): writes this task's own frames; the
+    /// session's queue belongs to the polling transport until the upgrade completes.
+    fn poll_write_own(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.unwritten.is_empty() {
+            match self.stream.try_write(&self.unwritten) {
+                Ok(0) => return self.broken(),
+                Ok(n) => {
+                    self.unwritten.drain(..n);
                 }
-            }
-            if self.closing {
-                return Poll::Ready(());
-            }
-            let mut batch = Vec::new();
-            match self.session.poll_ws(cx, &mut batch, BATCH) {
-                WsPoll::Idle => return Poll::Pending,
-                WsPoll::Close(reason) => {
-                    let code = match reason {
-                        CloseReason::ParseError => frame::CLOSE_PROTOCOL,
-                        CloseReason::QueueOverflow => frame::CLOSE_POLICY,
-                        CloseReason::ServerClose => frame::CLOSE_GOING_AWAY,
-                        _ => frame::CLOSE_NORMAL,
-                    };
-                    self.close_with(code);
-                    continue;
-                }
-                WsPoll::Write => {}
-            }
-            match self.write_batch(&batch) {
-                Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match self.stream.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
@@ -357,72 +367,92 @@ impl Driver {
                 Err(_) => return self.broken(),
             }
         }
+        self.unwritten = Vec::new();
+        if self.closing {
+            return Poll::Ready(());
+        }
+        match self.session.poll_upgrade_end(cx) {
+            Poll::Ready(reason) => {
+                self.upgrading = false;
+                self.close_with(close_code(reason));
+                self.poll_write_own(cx)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn broken(&mut self) -> Poll<()> {
         self.end(CloseReason::TransportError);
         Poll::Ready(())
     }
+}
 
-    /// Writes `batch` with one `writev`; whatever the socket took is consumed from the
-    /// session queue, and the rest of a partly written packet moves to `unwritten`.
-    fn write_batch(&mut self, batch: &[Outbound]) -> io::Result<()> {
-        let v3 = self.session.eio() == Eio::V3;
-        let mut headers = [[0u8; MAX_HEADER + 1]; BATCH];
-        let mut lens = [0usize; BATCH];
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
-        for (i, p) in batch.iter().enumerate() {
-            let (opcode, body, prefix) = match p {
-                Outbound::Text(t) => (frame::OP_TEXT, t, false),
-                Outbound::Binary(b) => (frame::OP_BINARY, b, v3),
-            };
-            let mut h = [0u8; MAX_HEADER];
-            let n = frame::write_header(&mut h, opcode, body.len() + prefix as usize);
-            headers[i][..n].copy_from_slice(&h[..n]);
-            let mut hl = n;
-            if prefix {
-                // v3 binary frames start with the message packet type.
-                headers[i][n] = 4;
-                hl += 1;
-            }
-            lens[i] = hl;
-        }
-        for (i, p) in batch.iter().enumerate() {
-            let body = match p {
-                Outbound::Text(t) | Outbound::Binary(t) => t,
-            };
-            iov.push(IoSlice::new(&headers[i][..lens[i]]));
-            iov.push(IoSlice::new(body));
-        }
-        let mut written = self.stream.try_write_vectored(&iov)?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let mut consumed = 0;
-        for (i, p) in batch.iter().enumerate() {
-            let body = match p {
-                Outbound::Text(t) | Outbound::Binary(t) => t,
-            };
-            let total = lens[i] + body.len();
-            if written >= total {
-                written -= total;
-                consumed += 1;
-                continue;
-            }
-            if written > 0 {
-                // Keep the unwritten rest of this packet; frames must not interleave.
-                if written < lens[i] {
-                    self.unwritten
-                        .extend_from_slice(&headers[i][written..lens[i]]);
-                    self.unwritten.extend_from_slice(body);
-                } else {
-                    self.unwritten.extend_from_slice(&body[written - lens[i]..]);
-                }
-                consumed += 1;
-            }
-            break;
-        }
-        self.session.ws_consumed(consumed);
-        Ok(())
+/// The close code that tells the client why its session ended.
+fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::ParseError => frame::CLOSE_PROTOCOL,
+        CloseReason::QueueOverflow => frame::CLOSE_POLICY,
+        CloseReason::ServerClose => frame::CLOSE_GOING_AWAY,
+        _ => frame::CLOSE_NORMAL,
     }
+}
+
+/// Writes up to [`BATCH`] packets as frames with one `writev`. Returns how many packets
+/// are done with: written whole, or partly written with their rest appended to `rest`
+/// (frames must not interleave, so the rest goes out before anything else).
+pub(crate) fn write_frames(
+    stream: &TcpStream,
+    packets: &[Outbound],
+    eio: Eio,
+    rest: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let batch = &packets[..packets.len().min(BATCH)];
+    let v3 = eio == Eio::V3;
+    let mut headers = [[0u8; MAX_HEADER + 1]; BATCH];
+    let mut lens = [0usize; BATCH];
+    let mut iov = [IoSlice::new(&[]); 2 * BATCH];
+    for (i, p) in batch.iter().enumerate() {
+        let (opcode, body, prefix) = match p {
+            Outbound::Text(t) => (frame::OP_TEXT, t, false),
+            Outbound::Binary(b) => (frame::OP_BINARY, b, v3),
+        };
+        let mut h = [0u8; MAX_HEADER];
+        let n = frame::write_header(&mut h, opcode, body.len() + prefix as usize);
+        headers[i][..n].copy_from_slice(&h[..n]);
+        lens[i] = n;
+        if prefix {
+            // v3 binary frames start with the message packet type.
+            headers[i][n] = 4;
+            lens[i] += 1;
+        }
+    }
+    for (i, p) in batch.iter().enumerate() {
+        iov[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
+        iov[2 * i + 1] = IoSlice::new(p.body());
+    }
+    let mut written = stream.try_write_vectored(&iov[..2 * batch.len()])?;
+    if written == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    let mut consumed = 0;
+    for (i, p) in batch.iter().enumerate() {
+        let body = p.body();
+        let total = lens[i] + body.len();
+        if written >= total {
+            written -= total;
+            consumed += 1;
+            continue;
+        }
+        if written > 0 {
+            if written < lens[i] {
+                rest.extend_from_slice(&headers[i][written..lens[i]]);
+                rest.extend_from_slice(body);
+            } else {
+                rest.extend_from_slice(&body[written - lens[i]..]);
+            }
+            consumed += 1;
+        }
+        break;
+    }
+    Ok(consumed)
 }
