@@ -6,6 +6,12 @@
 //! when `users` is null) and answers `{"id", "ts", "emits"}`.
 //!
 //! `PORT` sets the port (default 3000); prints `listening on 127.0.0.1:<port>`.
+//!
+//! With `REDIS_URL` set (e.g. `redis://127.0.0.1:6379`), the server is one node of a
+//! cluster through the socketioxide-redis adapter (redis-rs driver, RESP3): an emit
+//! entering any node reaches the users' sockets on every node. Without it, it runs alone
+//! with the default in-memory adapter. In cluster mode warnings (such as the adapter
+//! dropping a message because its receive buffer is full) go to stderr.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +20,11 @@ use axum::routing::post;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::SocketIo;
+use socketioxide_redis::drivers::redis::redis_client as redis;
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 
 #[derive(Deserialize)]
 struct Auth {
@@ -38,7 +47,7 @@ struct Meta {
     ts: u64,
 }
 
-async fn push(State(io): State<SocketIo>, Json(p): Json<Push>) -> Json<Value> {
+async fn push<A: Adapter>(State(io): State<SocketIo<A>>, Json(p): Json<Push>) -> Json<Value> {
     let rooms: Vec<String> = match &p.users {
         Some(users) => users.iter().map(|u| format!("user:{u}")).collect(),
         None => vec!["all".to_owned()],
@@ -62,6 +71,13 @@ async fn push(State(io): State<SocketIo>, Json(p): Json<Push>) -> Json<Value> {
     Json(serde_json::json!({"id": last.id, "ts": last.ts, "emits": times}))
 }
 
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, Data(auth): Data<Auth>) {
+    match auth.user_id {
+        Some(u) => socket.join([format!("user:{u}"), "all".to_owned()]),
+        None => socket.join("all"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = std::env::var("PORT")
@@ -70,16 +86,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(3000);
     // Queue bound per socket set to herald's default (4096 packets) so that a burst is
     // not dropped by a smaller queue than herald has.
-    let (layer, io) = SocketIo::builder().max_buffer_size(4096).build_layer();
-    io.ns(
-        "/",
-        async |socket: SocketRef, Data(auth): Data<Auth>| match auth.user_id {
-            Some(u) => socket.join([format!("user:{u}"), "all".to_owned()]),
-            None => socket.join("all"),
-        },
-    );
+    let builder = SocketIo::builder().max_buffer_size(4096);
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            tracing_subscriber::fmt()
+                .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+                .with_writer(std::io::stderr)
+                .init();
+            // The adapter's driver speaks RESP3 (pushes on the same connection).
+            let client = redis::Client::open(format!("{url}?protocol=resp3"))?;
+            let adapter = RedisAdapterCtr::new_with_redis(&client).await?;
+            let (layer, io) = builder
+                .with_adapter::<RedisAdapter<_>>(adapter)
+                .build_layer();
+            io.ns("/", on_connect).await?;
+            serve(layer, io, port).await
+        }
+        Err(_) => {
+            let (layer, io) = builder.build_layer();
+            io.ns("/", on_connect);
+            serve(layer, io, port).await
+        }
+    }
+}
+
+async fn serve<A: Adapter>(
+    layer: socketioxide::layer::SocketIoLayer<A>,
+    io: SocketIo<A>,
+    port: u16,
+) -> Result<(), Box<dyn std::error::Error>> {
     let app = axum::Router::new()
-        .route("/push", post(push))
+        .route("/push", post(push::<A>))
         .with_state(io)
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
