@@ -406,11 +406,25 @@ pub(crate) fn write_frames(
     eio: Eio,
     rest: &mut Vec<u8>,
 ) -> io::Result<usize> {
-    let batch = &packets[..packets.len().min(BATCH)];
+    // Most writes carry one or a few frames: don't set up room for a whole batch.
+    if packets.len() <= 4 {
+        write_frames_n::<4>(stream, packets, eio, rest)
+    } else {
+        write_frames_n::<BATCH>(stream, packets, eio, rest)
+    }
+}
+
+fn write_frames_n<const N: usize>(
+    stream: &TcpStream,
+    packets: &[Outbound],
+    eio: Eio,
+    rest: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let batch = &packets[..packets.len().min(N)];
     let v3 = eio == Eio::V3;
-    let mut headers = [[0u8; MAX_HEADER + 1]; BATCH];
-    let mut lens = [0usize; BATCH];
-    let mut iov = [IoSlice::new(&[]); 2 * BATCH];
+    let mut headers = [[0u8; MAX_HEADER + 1]; N];
+    let mut lens = [0usize; N];
+    let mut iov: [[IoSlice<'_>; 2]; N] = [[IoSlice::new(&[]); 2]; N];
     for (i, p) in batch.iter().enumerate() {
         let (opcode, body, prefix) = match p {
             Outbound::Text(t) => (frame::OP_TEXT, t, false),
@@ -427,10 +441,9 @@ pub(crate) fn write_frames(
         }
     }
     for (i, p) in batch.iter().enumerate() {
-        iov[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
-        iov[2 * i + 1] = IoSlice::new(p.body());
+        iov[i] = [IoSlice::new(&headers[i][..lens[i]]), IoSlice::new(p.body())];
     }
-    let mut written = stream.try_write_vectored(&iov[..2 * batch.len()])?;
+    let mut written = stream.try_write_vectored(iov[..batch.len()].as_flattened())?;
     if written == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
