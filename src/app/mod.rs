@@ -249,7 +249,7 @@ impl Node {
         if config.api.keys.is_empty() && !config.dev_auth {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }
-        let hub = Arc::new(Hub::new(config.hub.clone()));
+        let hub = Hub::new(config.hub.clone());
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
         let store = Store::open(config.store.clone(), committed)
             .await

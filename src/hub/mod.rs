@@ -1,9 +1,16 @@
 //! The node's live state: which sockets belong to which user. The hub is the only place
 //! that writes pushes to sockets; a message is encoded once and the same bytes are
 //! queued for every recipient.
+//!
+//! Broadcasts are fanned out by one task per hub rather than by the caller: it waits
+//! until the tasks ready to run have had their turn, then visits each socket once for
+//! all the broadcasts that arrived meanwhile. Visiting 10,000 sockets costs far more
+//! than queueing a packet on each, so a burst of broadcasts costs little more than one.
+//! Broadcasts reach every socket in the order they were pushed (among themselves).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -82,6 +89,21 @@ pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Ve
     let id = json_string(id);
     let args = format!("[{data},{{\"id\":{id},\"seq\":{seq},\"ts\":{ts}}}]");
     packet::encode_event("/", event, &Args::from_raw(args, Vec::new()), Some(seq))
+}
+
+/// Fans out the broadcasts that arrive, a batch at a time, until the hub is dropped.
+async fn fan_out_task(b: Arc<Broadcasts>, hub: Weak<Hub>) {
+    loop {
+        b.notify.notified().await;
+        // Let the tasks that are ready (often more broadcasts) run first.
+        tokio::task::yield_now().await;
+        let Some(hub) = hub.upgrade() else { break };
+        let _order = hub.fanning_out.lock();
+        let batch = std::mem::take(&mut *b.pending.lock());
+        if !batch.is_empty() {
+            hub.fan_out_locked(&batch);
+        }
+    }
 }
 
 /// `s` as a JSON string.
@@ -164,15 +186,44 @@ pub struct Hub {
     /// Sharded by user id so that connects of different users rarely contend.
     shards: Box<[Shard]>,
     pub metrics: HubMetrics,
+    /// Sockets in all rooms.
+    held: AtomicUsize,
+    broadcasts: Arc<Broadcasts>,
+    /// Fan-outs of broadcasts run one at a time, so that they stay in order.
+    fanning_out: Mutex<()>,
+    me: Weak<Hub>,
+}
+
+/// Broadcasts waiting for the fan-out task.
+#[derive(Default)]
+struct Broadcasts {
+    pending: Mutex<Vec<Vec<Outbound>>>,
+    notify: tokio::sync::Notify,
+    started: OnceLock<()>,
+}
+
+/// Broadcasts waiting beyond this are fanned out by the pusher itself (which slows a
+/// flood of broadcasts down to the pace of fanning them out).
+const MAX_PENDING_BROADCASTS: usize = 1024;
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Let the fan-out task see that the hub is gone.
+        self.broadcasts.notify.notify_one();
+    }
 }
 
 impl Hub {
-    pub fn new(config: HubConfig) -> Hub {
-        Hub {
+    pub fn new(config: HubConfig) -> Arc<Hub> {
+        Arc::new_cyclic(|me| Hub {
             config,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             metrics: HubMetrics::default(),
-        }
+            held: AtomicUsize::new(0),
+            broadcasts: Arc::default(),
+            fanning_out: Mutex::new(()),
+            me: me.clone(),
+        })
     }
 
     fn shard(&self, user: &str) -> &Shard {
@@ -200,9 +251,11 @@ impl Hub {
                 return Err(JoinError::TooManyConnections);
             }
             members.push(member);
+            self.held.fetch_add(1, Ordering::Relaxed);
             Ok(members.len())
         } else {
             shard.insert(Arc::from(user), vec![member]);
+            self.held.fetch_add(1, Ordering::Relaxed);
             Ok(1)
         }
     }
@@ -214,8 +267,10 @@ impl Hub {
         let Some(members) = shard.get_mut(user) else {
             return 0;
         };
+        let before = members.len();
         members.retain(|m| &m.socket != socket);
         let left = members.len();
+        self.held.fetch_sub(before - left, Ordering::Relaxed);
         if left == 0 {
             shard.remove(user);
         }
@@ -306,13 +361,9 @@ impl Hub {
                 }
             }
             Target::All => {
-                let packets = msg.encode();
-                for shard in self.shards.iter() {
-                    let shard = shard.lock();
-                    for members in shard.values() {
-                        queued += self.send(members.iter().map(|m| &m.socket), &packets);
-                    }
-                }
+                // Answered with the sockets held now; the fan-out follows shortly.
+                queued = self.held.load(Ordering::Relaxed);
+                self.broadcast(msg.encode());
             }
             Target::Stored(seqs) => {
                 for (user, seq) in seqs {
@@ -335,6 +386,57 @@ impl Hub {
             }
         }
         Delivery { queued, gaps }
+    }
+
+    /// Hands a broadcast to the fan-out task (started on first use), or fans out at
+    /// once where there is no runtime, or too many broadcasts wait.
+    fn broadcast(&self, packets: Vec<Outbound>) {
+        let b = &self.broadcasts;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.fan_out(vec![packets]);
+        };
+        b.started.get_or_init(|| {
+            rt.spawn(fan_out_task(b.clone(), self.me.clone()));
+        });
+        let mut pending = b.pending.lock();
+        if pending.len() >= MAX_PENDING_BROADCASTS {
+            drop(pending);
+            let _order = self.fanning_out.lock();
+            let mut batch = std::mem::take(&mut *b.pending.lock());
+            batch.push(packets);
+            return self.fan_out_locked(&batch);
+        }
+        pending.push(packets);
+        let first = pending.len() == 1;
+        drop(pending);
+        if first {
+            b.notify.notify_one();
+        }
+    }
+
+    /// Fans out broadcasts now, after any fan-out in progress.
+    fn fan_out(&self, batch: Vec<Vec<Outbound>>) {
+        let _order = self.fanning_out.lock();
+        self.fan_out_locked(&batch);
+    }
+
+    /// Queues every broadcast of `batch`, in order, on every socket: one visit each.
+    fn fan_out_locked(&self, batch: &[Vec<Outbound>]) {
+        let mut ok = 0;
+        let mut sockets = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for members in shard.values() {
+                for m in members {
+                    ok += m.socket.send_each(batch);
+                    sockets += 1;
+                }
+            }
+        }
+        self.metrics.deliveries.add(ok as u64);
+        self.metrics
+            .delivery_failures
+            .add((sockets * batch.len() - ok) as u64);
     }
 
     /// Sends or holds one stored copy for one connection.

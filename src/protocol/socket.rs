@@ -272,6 +272,15 @@ impl Socket {
         self.0.session.send_all(packets)
     }
 
+    /// Queues several messages' packets at once (see `Session::send_each`); returns
+    /// how many messages were queued.
+    pub fn send_each(&self, messages: &[Vec<Outbound>]) -> usize {
+        self.0
+            .session
+            .send_each(messages.iter().map(Vec::as_slice))
+            .0
+    }
+
     /// Disconnects the socket from its namespace (the client sees
     /// "io server disconnect" and does not reconnect by itself).
     pub fn disconnect(&self) {

@@ -323,7 +323,7 @@ mod tests {
     use crate::store::StoreConfig;
 
     async fn service() -> PushService {
-        let hub = Arc::new(Hub::new(Default::default()));
+        let hub = Hub::new(Default::default());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let store = Store::open(
             StoreConfig {

@@ -317,33 +317,57 @@ impl Session {
     /// Queues packets that belong together (a binary event and its attachments): all of
     /// them or none.
     pub fn send_all(self: &Arc<Self>, packets: &[Outbound]) -> Result<(), SendError> {
+        match self.send_each([packets]) {
+            (1, _) => Ok(()),
+            (_, e) => Err(e.unwrap_or(SendError::Closed)),
+        }
+    }
+
+    /// Queues several messages under one lock, each a group of packets that belong
+    /// together (all of a group or none). Returns how many groups were queued and, if
+    /// any were not, why (under [`OverflowPolicy::Drop`] a group that does not fit is
+    /// skipped and later smaller ones may still fit; an overflow under
+    /// [`OverflowPolicy::Disconnect`] ends the session).
+    pub fn send_each<'a>(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = &'a [Outbound]>,
+    ) -> (usize, Option<SendError>) {
         let cfg = &self.engine.config;
-        let bytes: usize = packets.iter().map(Outbound::len).sum();
         let mut inner = self.inner.lock();
         if inner.reason.is_some() {
-            return Err(SendError::Closed);
+            return (0, Some(SendError::Closed));
         }
-        if inner.queue.len() + packets.len() > cfg.max_queue_packets
-            || inner.queued_bytes + bytes > cfg.max_queue_bytes
-        {
-            match cfg.overflow {
-                OverflowPolicy::Drop => {
-                    self.engine.metrics.queue_overflow_drops.inc();
-                    return Err(SendError::Dropped);
-                }
-                OverflowPolicy::Disconnect => {
-                    self.engine.metrics.queue_overflow_disconnects.inc();
-                    let wakers = Self::end(&mut inner, CloseReason::QueueOverflow, State::Closed);
-                    drop(inner);
-                    self.after_end(wakers, CloseReason::QueueOverflow);
-                    return Err(SendError::Overflow);
+        let mut queued = 0;
+        let mut refused = None;
+        for packets in messages {
+            let bytes: usize = packets.iter().map(Outbound::len).sum();
+            if inner.queue.len() + packets.len() > cfg.max_queue_packets
+                || inner.queued_bytes + bytes > cfg.max_queue_bytes
+            {
+                match cfg.overflow {
+                    OverflowPolicy::Drop => {
+                        self.engine.metrics.queue_overflow_drops.inc();
+                        refused = Some(SendError::Dropped);
+                        continue;
+                    }
+                    OverflowPolicy::Disconnect => {
+                        self.engine.metrics.queue_overflow_disconnects.inc();
+                        let wakers =
+                            Self::end(&mut inner, CloseReason::QueueOverflow, State::Closed);
+                        drop(inner);
+                        self.after_end(wakers, CloseReason::QueueOverflow);
+                        return (0, Some(SendError::Overflow));
+                    }
                 }
             }
+            inner.queue.extend(packets.iter().cloned());
+            inner.queued_bytes += bytes;
+            queued += 1;
         }
-        inner.queue.extend(packets.iter().cloned());
-        inner.queued_bytes += bytes;
-        self.kick(inner);
-        Ok(())
+        if queued > 0 {
+            self.kick(inner);
+        }
+        (queued, refused)
     }
 
     /// Queues a control packet; not subject to the queue limits (heartbeats and upgrade
