@@ -1,12 +1,16 @@
 //! The PostgreSQL backend, for clusters: the same schema and semantics as SQLite. Per-user
 //! sequence numbers come from an atomic upsert, so nodes sharing the database never hand
 //! out a number twice. One writer connection group-commits; one reader connection reads.
+//! A commit writes its batch's plain appends (and its acks) with one statement per table
+//! for the whole batch, pipelined, rather than a few statements per message.
 //! A broken connection is re-established on the next operation.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
@@ -129,14 +133,35 @@ pub(super) async fn start(
 }
 
 async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc<Message>>) {
-    let mut ops = std::mem::take(batch).into_iter();
-    let mut done = Vec::with_capacity(ops.len());
+    // Appends without an idempotency key, and acks, are written with one statement per
+    // table for the whole batch; other ops one by one, pipelined.
+    let mut appends = Vec::new();
+    let mut acks = Vec::new();
+    let mut others = Vec::new();
+    for op in std::mem::take(batch) {
+        match op {
+            WriteOp::Append(msg, reply) if msg.idempotency.is_none() => appends.push((msg, reply)),
+            WriteOp::Delivered {
+                user,
+                seq,
+                device,
+                at,
+            } => acks.push(Ack {
+                user,
+                seq: i(seq),
+                device,
+                at: i(at),
+            }),
+            op => others.push(op),
+        }
+    }
+    let mut done = Vec::with_capacity(appends.len() + others.len());
+    let messages: Vec<&NewMessage> = appends.iter().map(|(m, _)| m).collect();
     let result = async {
         let client = conn.get().await?;
         let tx = client.transaction().await?;
-        // All of the batch's statements go out pipelined on the one connection (the
-        // server runs them in the order they arrive), instead of a round trip each.
-        let applied = futures_util::future::join_all(ops.by_ref().map(|op| apply(&tx, op))).await;
+        let applied =
+            futures_util::future::join_all(others.drain(..).map(|op| apply(&tx, op))).await;
         let mut failed = None;
         for a in applied {
             match a {
@@ -150,17 +175,169 @@ async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc
         if let Some(e) = failed {
             return Err(StoreError::from(e));
         }
-        tx.commit().await.map_err(StoreError::from)
+        // Numbered after the ops above, so that the batch's seqs follow theirs.
+        let (seqs, acked) = tokio::join!(append_all(&tx, &messages), ack_all(&tx, &acks));
+        let seqs = seqs?;
+        acked?;
+        tx.commit().await?;
+        Ok(seqs)
     }
     .await;
-    if result.is_err() {
-        // The connection may be what failed; a new one is made next time.
-        if conn.client.as_ref().is_some_and(|c| c.is_closed()) {
-            conn.client = None;
+    if result.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+        // The connection is what failed; a new one is made next time.
+        conn.client = None;
+    }
+    // Ops that did not run hear of the failure too.
+    done.extend(others.into_iter().map(pending));
+    let result = match result {
+        Ok(seqs) => {
+            for ((msg, reply), seqs) in appends.into_iter().zip(seqs) {
+                let m = committed_message(&msg, &seqs);
+                let a = Appended {
+                    id: msg.id,
+                    ts: msg.ts,
+                    seqs,
+                    duplicate: false,
+                };
+                done.push(Done::Append(reply, Ok(a), m));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            done.extend(appends.into_iter().map(|(m, r)| pending(WriteOp::Append(m, r))));
+            Err(e)
+        }
+    };
+    settle(done, result, |m| forward.push(m));
+}
+
+/// One device's ack, as the batch writes it.
+struct Ack {
+    user: String,
+    seq: i64,
+    device: Option<String>,
+    at: i64,
+}
+
+/// Stores a batch of messages (none with an idempotency key) with three statements;
+/// returns each one's seqs, in batch order.
+async fn append_all(
+    tx: &Transaction<'_>,
+    msgs: &[&NewMessage],
+) -> Result<Vec<Vec<(String, u64)>>, tokio_postgres::Error> {
+    if msgs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+    let events: Vec<&str> = msgs.iter().map(|m| m.event.as_str()).collect();
+    let data: Vec<&str> = msgs.iter().map(|m| m.data.as_str()).collect();
+    let ts: Vec<i64> = msgs.iter().map(|m| i(m.ts)).collect();
+    // How many seqs each user needs; sorted, so that concurrent writers (other nodes)
+    // lock user rows in the same order and cannot deadlock.
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for m in msgs {
+        for u in &m.users {
+            *counts.entry(u.as_str()).or_default() += 1;
         }
     }
-    done.extend(ops.map(pending));
-    settle(done, result, |m| forward.push(m));
+    let users: Vec<&str> = counts.keys().copied().collect();
+    let needed: Vec<i64> = counts.values().copied().collect();
+    let message_params: [&(dyn ToSql + Sync); 4] = [&ids, &events, &data, &ts];
+    let user_params: [&(dyn ToSql + Sync); 2] = [&users, &needed];
+    let (inserted, numbered) = tokio::join!(
+        tx.execute(
+            "INSERT INTO messages (id, event, data, ts)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])",
+            &message_params,
+        ),
+        tx.query(
+            "INSERT INTO users (user_id, last_seq)
+             SELECT * FROM unnest($1::text[], $2::bigint[])
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = users.last_seq + excluded.last_seq
+             RETURNING user_id, last_seq",
+            &user_params,
+        )
+    );
+    inserted?;
+    // Each user's first new seq; the batch's messages take them in order.
+    let mut next: HashMap<String, i64> = numbered?
+        .iter()
+        .map(|r| {
+            let user: String = r.get(0);
+            let last: i64 = r.get(1);
+            let first = last - counts.get(user.as_str()).copied().unwrap_or(1) + 1;
+            (user, first)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(msgs.len());
+    let (mut in_users, mut in_seqs, mut in_ids, mut in_ts) = (vec![], vec![], vec![], vec![]);
+    for m in msgs {
+        let mut seqs = Vec::with_capacity(m.users.len());
+        for u in &m.users {
+            let Some(n) = next.get_mut(u) else { continue };
+            in_users.push(u.as_str());
+            in_seqs.push(*n);
+            in_ids.push(m.id.as_str());
+            in_ts.push(i(m.ts));
+            seqs.push((u.clone(), *n as u64));
+            *n += 1;
+        }
+        out.push(seqs);
+    }
+    tx.execute(
+        "INSERT INTO inbox (user_id, seq, message_id, ts)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])",
+        &[&in_users, &in_seqs, &in_ids, &in_ts],
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Records a batch of acks: the first ack of a copy marks it delivered; each device's
+/// position moves up to the highest seq it acked.
+async fn ack_all(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), tokio_postgres::Error> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = acks.iter().map(|a| a.user.as_str()).collect();
+    let seqs: Vec<i64> = acks.iter().map(|a| a.seq).collect();
+    let ats: Vec<i64> = acks.iter().map(|a| a.at).collect();
+    // One row per device (an upsert may touch a row once per statement), sorted.
+    let mut devices: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for a in acks {
+        if let Some(d) = &a.device {
+            let seq = devices.entry((a.user.as_str(), d.as_str())).or_insert(a.seq);
+            *seq = (*seq).max(a.seq);
+        }
+    }
+    let dev_users: Vec<&str> = devices.keys().map(|(u, _)| *u).collect();
+    let dev_ids: Vec<&str> = devices.keys().map(|(_, d)| *d).collect();
+    let dev_seqs: Vec<i64> = devices.values().copied().collect();
+    let ack_params: [&(dyn ToSql + Sync); 3] = [&users, &seqs, &ats];
+    let (delivered, positions) = tokio::join!(
+        tx.execute(
+            "UPDATE inbox SET delivered_at = t.at
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(u, s, at)
+             WHERE inbox.user_id = t.u AND inbox.seq = t.s AND inbox.delivered_at IS NULL",
+            &ack_params,
+        ),
+        async {
+            if dev_users.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                "INSERT INTO devices (user_id, device_id, acked_seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (user_id, device_id)
+                 DO UPDATE SET acked_seq = GREATEST(devices.acked_seq, excluded.acked_seq)",
+                &[&dev_users, &dev_ids, &dev_seqs],
+            )
+            .await
+        }
+    );
+    delivered?;
+    positions?;
+    Ok(())
 }
 
 type Applied = Result<Done, (Done, tokio_postgres::Error)>;
