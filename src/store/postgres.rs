@@ -204,7 +204,11 @@ async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc
             Ok(())
         }
         Err(e) => {
-            done.extend(appends.into_iter().map(|(m, r)| pending(WriteOp::Append(m, r))));
+            done.extend(
+                appends
+                    .into_iter()
+                    .map(|(m, r)| pending(WriteOp::Append(m, r))),
+            );
             Err(e)
         }
     };
@@ -306,7 +310,9 @@ async fn ack_all(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), tokio_postgre
     let mut devices: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for a in acks {
         if let Some(d) = &a.device {
-            let seq = devices.entry((a.user.as_str(), d.as_str())).or_insert(a.seq);
+            let seq = devices
+                .entry((a.user.as_str(), d.as_str()))
+                .or_insert(a.seq);
             *seq = (*seq).max(a.seq);
         }
     }
