@@ -27,6 +27,10 @@ pub struct StoreConfig {
     pub data_dir: String,
     /// Most operations committed in one transaction. Default 1024.
     pub max_batch: usize,
+    /// SQLite: how long the writer waits for more operations before a commit, µs, so
+    /// that more share its `fsync` and page writes (added to a durable push's latency).
+    /// Default 0.
+    pub commit_delay_us: u64,
     /// Messages older than this are removed, seconds. Default 30 days.
     pub retention_max_age_secs: u64,
     /// Most messages kept per user; older ones are removed first. Default 10,000.
@@ -46,6 +50,7 @@ impl Default for StoreConfig {
             url: String::new(),
             data_dir: "./herald-data".into(),
             max_batch: 1024,
+            commit_delay_us: 0,
             retention_max_age_secs: 30 * 86_400,
             retention_max_messages: 10_000,
             sweep_interval_secs: 60,

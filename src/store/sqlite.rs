@@ -89,6 +89,7 @@ pub(super) fn start(
     migrate(&mut writer)?;
     let reader = open(&path, uri, &cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
+    let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
     let (settled, mut to_settle) = mpsc::unbounded_channel::<Settle>();
     tokio::spawn(async move {
@@ -108,11 +109,10 @@ pub(super) fn start(
             let mut seqs = Seqs::default();
             while let Some(first) = writes.blocking_recv() {
                 batch.push(first);
-                while batch.len() < max_batch {
-                    match writes.try_recv() {
-                        Ok(op) => batch.push(op),
-                        Err(_) => break,
-                    }
+                drain(&mut writes, &mut batch, max_batch);
+                if !delay.is_zero() && batch.len() < max_batch {
+                    std::thread::sleep(delay);
+                    drain(&mut writes, &mut batch, max_batch);
                 }
                 let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
                 if settled.send((done, result)).is_err() {
@@ -138,6 +138,16 @@ pub(super) fn start(
         })
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     Ok(())
+}
+
+/// Adds whatever operations are waiting to `batch`, up to `max`.
+fn drain(writes: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>, max: usize) {
+    while batch.len() < max {
+        match writes.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
 }
 
 /// A committed (or failed) batch on its way to its callers.

@@ -142,9 +142,15 @@ impl EngineInner {
             Eio::V4 => {
                 let interval = self.config.ping_interval.as_millis() as u64;
                 let timeout = self.config.ping_timeout.as_millis() as u64;
-                // The first ping goes out one interval after the handshake; if it is not
-                // answered, the session ends one timeout later.
-                (now + interval, now + interval + timeout)
+                // The first ping goes out between half an interval and one interval after
+                // the handshake, at random, and every interval after that: clients that
+                // connected together (a mass reconnect) do not all get pinged in the same
+                // moment for ever after. An early ping is within the protocol (a client
+                // waits for one at most interval + timeout). Unanswered, the session ends
+                // one timeout later.
+                use rand::Rng;
+                let first = interval - rand::thread_rng().gen_range(0..=interval / 2);
+                (now + first, now + first + timeout)
             }
             Eio::V3 => (u64::MAX, self.v3_deadline(now)),
         }

@@ -182,6 +182,9 @@ struct Inner {
     ws_closing: bool,
     /// The session is on its engine's flush list.
     flush_pending: bool,
+    /// The socket refused bytes: the connection task writes once it is writable, and
+    /// until then new packets only queue (no flush attempt that would be refused too).
+    ws_blocked: bool,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -259,6 +262,7 @@ impl Session {
                 raw: Vec::new(),
                 ws_closing: false,
                 flush_pending: false,
+                ws_blocked: false,
             }),
             ping_due: AtomicU64::new(ping_due),
             deadline: AtomicU64::new(deadline),
@@ -388,7 +392,7 @@ impl Session {
         if inner.ws.is_none() {
             return wake_drainer(inner);
         }
-        if !inner.flush_pending {
+        if !inner.flush_pending && !inner.ws_blocked {
             inner.flush_pending = true;
             drop(inner);
             self.engine.schedule_flush(self.clone());
@@ -404,6 +408,7 @@ impl Session {
             return;
         };
         let written = inner.write_ws(&stream, self.eio).is_ok();
+        inner.ws_blocked = !written;
         if !written || inner.state != State::WebSocket {
             // Would block or broken (the connection task finds out on its own write), or
             // the session is closing (the task sends the close frame once all is out).
@@ -775,8 +780,9 @@ impl Session {
         let mut inner = self.inner.lock();
         loop {
             match inner.write_ws(stream, self.eio) {
-                Ok(()) => {}
+                Ok(()) => inner.ws_blocked = false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    inner.ws_blocked = true;
                     match stream.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
