@@ -488,3 +488,34 @@ async fn heartbeat_timeout_ends_a_silent_client() {
     assert_eq!(code, 1000);
     assert_eq!(srv.engine.sessions(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_everything_once_it_reads_again() {
+    const N: usize = 20_000;
+    let srv = start(EngineConfig {
+        max_queue_packets: N + 10,
+        max_queue_bytes: 64 << 20,
+        ..EngineConfig::default()
+    })
+    .await;
+    let mut ws = Ws::socketio(srv.addr).await;
+    let socket = srv.echo.sockets.lock()[0].clone();
+    // 20 MB while the client reads nothing: more than both ends' socket buffers hold
+    // (a few MB on loopback), so writes are refused and the rest waits in the queue.
+    let pad = "x".repeat(1000);
+    for i in 0..N {
+        socket.emit("n", &Args::one(&(i, &pad))).unwrap();
+        if i % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 0..N {
+        let expected = format!("42[\"n\",[{i},\"{pad}\"]]");
+        assert_eq!(ws.text().await, expected);
+    }
+    // Writable again: what is pushed now goes out at once.
+    socket.emit("n", &Args::one(&"after")).unwrap();
+    assert_eq!(ws.text().await, "42[\"n\",\"after\"]");
+    assert_eq!(srv.engine.metrics().queue_overflow_drops.get(), 0);
+}
