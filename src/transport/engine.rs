@@ -265,8 +265,10 @@ impl Engine {
     /// session. It stops when the engine is dropped.
     pub(crate) fn spawn_heartbeat(&self) {
         let cfg = &self.inner.config;
+        // Ticks of at most 50 ms keep each tick's share of pings small (the first pings
+        // are spread over half an interval), so that no push waits long behind them.
         let tick = (cfg.ping_interval.min(cfg.ping_timeout) / 8)
-            .clamp(Duration::from_millis(5), Duration::from_millis(500));
+            .clamp(Duration::from_millis(5), Duration::from_millis(50));
         let weak: Weak<EngineInner> = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick);
