@@ -34,10 +34,7 @@ ulimit -n 20000
 work=$(mktemp -d)
 pids=()
 nodes=()
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-run_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgbin/$1" "${@:2}"; else "$pgbin/$1" "${@:2}"; fi
-}
+source bench/services.sh
 stop_nodes() {
   for p in "${nodes[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${nodes[@]}"; do
@@ -50,12 +47,10 @@ stop_nodes() {
 cleanup() {
   stop_nodes
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  run_pg pg_ctl -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  stop_pg
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
 # CPU ticks (user + system) of a process; with `all`, also of its exited children.
 ticks() { awk -v all="${2:-}" '{print $14 + $15 + (all ? $16 + $17 : 0)}' "/proc/$1/stat"; }
 # PostgreSQL: the postmaster, the backends that exited, and the ones alive.
@@ -69,16 +64,10 @@ pg_ticks() {
 # Busy and total ticks of the whole machine.
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-pids+=($!)
+start_redis
+pids+=("$redis_pid")
 rcli() { redis-cli -p "$redis_port" "$@"; }
-mkdir -p "$work/pg"
-[ "$(id -u)" = 0 ] && chown postgres "$work" "$work/pg"
-pg_port=$(free_port)
-run_pg initdb -D "$work/pg" -A trust -U postgres >/dev/null
-run_pg pg_ctl -D "$work/pg" -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1" -l "$work/pg.log" -w start >/dev/null
-wait_port "$redis_port"
+start_pg
 
 # start_node KIND N: starts node N (herald or socketioxide), appends its port and pid.
 start_node() {

@@ -17,30 +17,19 @@ bench="$target_dir/release/herald-bench"
 ulimit -n 20000
 work=$(mktemp -d)
 pids=()
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-run_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgbin/$1" "${@:2}"; else "$pgbin/$1" "${@:2}"; fi
-}
+source bench/services.sh
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  run_pg pg_ctl -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  stop_pg
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-pids+=($!)
-mkdir -p "$work/pg"
-[ "$(id -u)" = 0 ] && chown postgres "$work" "$work/pg"
-pg_port=$(free_port)
-run_pg initdb -D "$work/pg" -A trust -U postgres >/dev/null
-run_pg pg_ctl -D "$work/pg" -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1" -l "$work/pg.log" -w start >/dev/null
+start_redis
+pids+=("$redis_pid")
+start_pg
 run_pg createdb -h 127.0.0.1 -p "$pg_port" -U postgres herald
-wait_port "$redis_port"
 
 ports=()
 for n in 1 2 3; do

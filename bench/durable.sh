@@ -15,18 +15,13 @@ herald="$target_dir/release/herald"
 bench="$target_dir/release/herald-bench"
 ulimit -n 20000
 work=$(mktemp -d)
-pg_pid=""
+source bench/services.sh
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null || true
-  if [ -n "$pg_pid" ]; then run_pg pg_ctl -D "$work/pg" -m fast stop >/dev/null 2>&1 || true; fi
+  stop_pg
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-run_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgbin/$1" "${@:2}"; else "$pgbin/$1" "${@:2}"; fi
-}
 
 measure() {
   local label=$1; shift
@@ -34,7 +29,7 @@ measure() {
   env "$@" HERALD_LOG=warn taskset -c 0 "$herald" --dev-auth --listen "127.0.0.1:$port" \
     --data-dir "$work/data-$label" >/dev/null &
   server=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  wait_port "$port"
   taskset -c 1 "$bench" suite --target "127.0.0.1:$port" --server-pid "$server" --label "$label" \
     --durable --ack --http-connections 64 --scenarios unicast,latency --unicast-rounds 2 \
     --rates "$rates" --rate-secs 10 --sources 127.0.0.1,127.0.0.2 --out "$work/results.jsonl"
@@ -46,15 +41,9 @@ if [ "$which" = sqlite ] || [ "$which" = both ]; then
   measure herald-sqlite
 fi
 if [ "$which" = postgres ] || [ "$which" = both ]; then
-  mkdir -p "$work/pg"
-  [ "$(id -u)" = 0 ] && chown postgres "$work" "$work/pg"
-  pgport=$(free_port)
-  run_pg initdb -D "$work/pg" -A trust -U postgres >/dev/null
-  run_pg pg_ctl -D "$work/pg" -o "-p $pgport -k $work -c listen_addresses=127.0.0.1" \
-    -l "$work/pg.log" -w start >/dev/null
-  pg_pid=1
-  run_pg createdb -h 127.0.0.1 -p "$pgport" -U postgres herald
-  measure herald-postgres HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pgport/herald"
+  start_pg
+  run_pg createdb -h 127.0.0.1 -p "$pg_port" -U postgres herald
+  measure herald-postgres HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/herald"
 fi
 echo
 echo "raw results: (kept below)"

@@ -147,9 +147,7 @@ fi
 
 # --- Servers -----------------------------------------------------------------------------
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source bench/services.sh
 
 # start_server NAME: starts it on core $server_cpu, sets server_pid and port.
 start_server() {
