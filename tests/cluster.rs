@@ -1,6 +1,7 @@
 //! Several herald nodes through a redis-server and a PostgreSQL the tests start: pushes
 //! reach exactly the nodes holding their users, broadcasts every node once, a Redis
-//! restart loses nothing, and a killed node leaves presence by itself.
+//! restart loses nothing, a killed node leaves presence by itself, and all of it works
+//! through a Redis Cluster too.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use tokio::sync::oneshot;
 
 mod common;
 use common::pg::Postgres;
-use common::redis::Redis;
+use common::redis::{Redis, RedisCluster};
 use common::{http, Ws, WAIT};
 
 struct Running {
@@ -337,14 +338,14 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
         let left = cmds
             .call(&[
                 b"EXISTS",
-                b"herald:node:doomed:users",
-                b"herald:node:doomed",
+                b"{herald}:node:doomed:users",
+                b"{herald}:node:doomed",
             ])
             .await
             .unwrap()
             .as_int();
         let field = cmds
-            .call(&[b"HEXISTS", b"herald:presence:dee", b"doomed"])
+            .call(&[b"HEXISTS", b"{herald}:presence:dee", b"doomed"])
             .await
             .unwrap()
             .as_int();
@@ -359,4 +360,70 @@ async fn a_killed_node_leaves_presence_and_its_clients_resume_elsewhere() {
     }
     other.kill().unwrap();
     other.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_work_through_a_redis_cluster() {
+    let redis = RedisCluster::start();
+    let pg = Postgres::start();
+    let url = pg.database("herald_cluster_rc");
+    // Each node is given a different Redis node: herald's keys live on one of them, so
+    // at least two herald nodes must follow a MOVED redirection for their commands.
+    let n1 = node("rc1", &redis.url(0), &url).await;
+    let n2 = node("rc2", &redis.url(1), &url).await;
+    let n3 = node("rc3", &redis.url(2), &url).await;
+    let mut a1 = Ws::device(n1.addr, r#"{"userId":"ann"}"#).await;
+    let mut a2 = Ws::device(n2.addr, r#"{"userId":"ann"}"#).await;
+
+    // Presence is kept in Redis and read cluster-wide, from a third node.
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while get_json(n3.addr, "/api/v1/users/ann/presence").await
+        != serde_json::json!({"online": true, "connections": 2})
+    {
+        assert!(tokio::time::Instant::now() < deadline, "presence never 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Live pushes from node 3 reach both nodes once their subscriptions are in place.
+    let mut got = [false, false];
+    while got != [true, true] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no live push through the cluster"
+        );
+        n3.push
+            .push(req(
+                r#"{"to":{"users":["ann"]},"event":"probe","data":0,"volatile":true}"#,
+            ))
+            .await
+            .unwrap();
+        for (i, ws) in [&mut a1, &mut a2].into_iter().enumerate() {
+            if !got[i] {
+                got[i] = tokio::time::timeout(Duration::from_millis(200), event(ws))
+                    .await
+                    .is_ok();
+            }
+        }
+    }
+    let r = n3
+        .push
+        .push(req(r#"{"to":{"users":["ann"]},"event":"n","data":1}"#))
+        .await
+        .unwrap();
+    let seq = r.seqs.unwrap()["ann"];
+    for ws in [&mut a1, &mut a2] {
+        let got = loop {
+            let e = event(ws).await;
+            if !e.starts_with(r#"42["probe""#) {
+                break e;
+            }
+        };
+        assert_eq!(seq_of(&got), Some(seq), "{got}");
+    }
+    // Node 1's connection leaves: presence follows.
+    drop(a1);
+    while get_json(n3.addr, "/api/v1/users/ann/presence").await["connections"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "presence never 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(n1.cluster.is_up() && n2.cluster.is_up());
 }

@@ -7,11 +7,11 @@
 //!   channel: Redis hands it only to the nodes subscribed, so a node holding none of the
 //!   user's connections receives nothing. The routing table is the set of subscriptions,
 //!   which Redis drops with a node's connection when the node dies.
-//! - Presence: `herald:presence:<user>` is a hash of node id → connections there; a node
-//!   is alive while its key `herald:node:<id>` exists (refreshed every third of
+//! - Presence: `{herald}:presence:<user>` is a hash of node id → connections there; a node
+//!   is alive while its key `{herald}:node:<id>` exists (refreshed every third of
 //!   `presence_ttl_secs`). Presence counts only live nodes, so a killed node drops out
 //!   within the TTL; a janitor on every node then removes the dead node's entries
-//!   (listed in `herald:node:<id>:users`) so nothing stays behind.
+//!   (listed in `{herald}:node:<id>:users`) so nothing stays behind.
 //! - Redis down: pushes are still stored and delivered on the entry node; when Redis is
 //!   back each node resubscribes and catches every local connection up from the store.
 
@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::resp::{Commands, Published, Reply, Subscriber};
+use super::resp::{Commands, Published, RedisError, Reply, Subscriber};
 use crate::hub::{Hub, Message, Target};
 use crate::store::Store;
 use crate::transport::engine::Counter;
@@ -107,6 +107,38 @@ fn channel(user: &str) -> Vec<u8> {
 }
 
 const ALL: &[u8] = b"herald:all";
+
+/// Every node's id. All of herald's keys share the hash tag `{herald}`, so on a Redis
+/// Cluster they live in one slot, on one shard, and one connection reaches them all.
+const NODES: &[u8] = b"{herald}:nodes";
+
+/// Connects the command connection to the Redis node that holds herald's keys: on a
+/// Redis Cluster, the node given may answer `MOVED <slot> <host:port>`, and herald
+/// follows it (a single Redis never does).
+async fn connect_commands(
+    addr: &str,
+    password: Option<&str>,
+) -> Result<(Commands, tokio::sync::oneshot::Receiver<()>), String> {
+    let mut addr = addr.to_owned();
+    for _ in 0..3 {
+        let (cmds, closed) = Commands::connect(&addr).await.map_err(|e| e.to_string())?;
+        if let Some(pw) = password {
+            cmds.call(&[b"AUTH", pw.as_bytes()])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        match cmds.call(&[b"EXISTS", NODES]).await {
+            Ok(_) => return Ok((cmds, closed)),
+            Err(RedisError::Server(e)) if e.starts_with("MOVED ") => {
+                addr = e.split(' ').nth(2).unwrap_or_default().to_owned();
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "redis keeps redirecting herald's keys (last to {addr})"
+    ))
+}
 
 /// `(host:port, password)` from `redis://[:password@]host[:port][/db]`.
 pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
@@ -225,17 +257,12 @@ impl ClusterRouter {
         ),
         String,
     > {
-        let (cmds, cmd_closed) = Commands::connect(&self.0.addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (cmds, cmd_closed) = connect_commands(&self.0.addr, self.0.password.as_deref()).await?;
         let (tx, rx) = mpsc::channel::<Published>(65_536);
         let (sub, sub_closed) = Subscriber::connect(&self.0.addr, tx)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(pw) = &self.0.password {
-            cmds.call(&[b"AUTH", pw.as_bytes()])
-                .await
-                .map_err(|e| e.to_string())?;
             // The subscriber authenticates before it subscribes (commands are ordered).
             let mut auth = Vec::new();
             super::resp::encode(&[b"AUTH", pw.as_bytes()], &mut auth);
@@ -255,7 +282,7 @@ impl ClusterRouter {
         cmds.call(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()])
             .await
             .map_err(|e| e.to_string())?;
-        cmds.call(&[b"SADD", b"herald:nodes", node])
+        cmds.call(&[b"SADD", NODES, node])
             .await
             .map_err(|e| e.to_string())?;
         for (user, n) in &users {
@@ -319,7 +346,7 @@ impl ClusterRouter {
             };
             let ttl = self.0.ttl.as_secs().to_string();
             let _ = cmds.send(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()]);
-            let _ = cmds.send(&[b"SADD", b"herald:nodes", self.0.node.as_bytes()]);
+            let _ = cmds.send(&[b"SADD", NODES, self.0.node.as_bytes()]);
             if let Err(e) = janitor(&cmds, &self.0.node).await {
                 tracing::debug!(error = %e, "presence janitor");
             }
@@ -347,15 +374,15 @@ impl ClusterRouter {
 }
 
 fn node_key(node: &str) -> Vec<u8> {
-    format!("herald:node:{node}").into_bytes()
+    format!("{{herald}}:node:{node}").into_bytes()
 }
 
 fn presence_key(user: &str) -> Vec<u8> {
-    format!("herald:presence:{user}").into_bytes()
+    format!("{{herald}}:presence:{user}").into_bytes()
 }
 
 fn node_users_key(node: &str) -> Vec<u8> {
-    format!("herald:node:{node}:users").into_bytes()
+    format!("{{herald}}:node:{node}:users").into_bytes()
 }
 
 /// Records `n` connections of `user` on `node` (0 removes the entry).
@@ -387,17 +414,13 @@ async fn remove_node(cmds: &Commands, node: &str) -> Result<(), super::resp::Red
         }
     }
     cmds.call(&[b"DEL", &node_users_key(node)]).await?;
-    cmds.call(&[b"SREM", b"herald:nodes", node.as_bytes()])
-        .await?;
+    cmds.call(&[b"SREM", NODES, node.as_bytes()]).await?;
     Ok(())
 }
 
 /// Clears the presence of nodes whose liveness key has expired.
 async fn janitor(cmds: &Commands, me: &str) -> Result<(), super::resp::RedisError> {
-    let nodes = cmds
-        .call(&[b"SMEMBERS", b"herald:nodes"])
-        .await?
-        .into_array();
+    let nodes = cmds.call(&[b"SMEMBERS", NODES]).await?.into_array();
     for n in nodes {
         let Some(n) = n.as_text() else { continue };
         if n == me {
