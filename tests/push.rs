@@ -227,3 +227,35 @@ async fn broadcasts_in_a_flood_arrive_once_each_and_in_order() {
     }
     assert_eq!(node.hub.metrics.deliveries.get(), 2 * N as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_accepted_after_a_broadcast_never_overtakes_it() {
+    let node = start(|_| {}).await;
+    let mut ann = device_v4(node.addr, "ann").await;
+    let live = |n: usize, target: herald::hub::Target| herald::hub::Message {
+        id: format!("m{n}"),
+        ts: 1,
+        event: "e".into(),
+        data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
+        target,
+    };
+    // Broadcasts wait for the fan-out task; each push to ann right after one must not
+    // reach her first.
+    for n in 0..200 {
+        let target = if n % 2 == 0 {
+            herald::hub::Target::All
+        } else {
+            herald::hub::Target::Users(vec!["ann".into()])
+        };
+        node.hub.deliver(&live(n, target));
+    }
+    for n in 0..200 {
+        let got = loop {
+            let t = ann.text().await;
+            if t != "2" {
+                break t;
+            }
+        };
+        assert_eq!(got, format!(r#"42["e",{n},{{"id":"m{n}","ts":1}}]"#));
+    }
+}

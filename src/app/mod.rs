@@ -318,6 +318,12 @@ impl Node {
             .demo
             .enabled
             .then(|| tokio::spawn(demo::ticker(self.push.clone())));
+        let hub = self.hub.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Broadcasts accepted before shutdown are queued before sessions close.
+            hub.flush_broadcasts();
+        };
         transport::serve(
             listener,
             self.engine.clone(),

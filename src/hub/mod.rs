@@ -6,7 +6,9 @@
 //! until the tasks ready to run have had their turn, then visits each socket once for
 //! all the broadcasts that arrived meanwhile. Visiting 10,000 sockets costs far more
 //! than queueing a packet on each, so a burst of broadcasts costs little more than one.
-//! Broadcasts reach every socket in the order they were pushed (among themselves).
+//! Order is kept all the same: broadcasts reach every socket in the order they were
+//! pushed, and a push to users first finishes the fan-out of any broadcast accepted
+//! before it, so no socket sees a later push before an earlier broadcast.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,11 +100,7 @@ async fn fan_out_task(b: Arc<Broadcasts>, hub: Weak<Hub>) {
         // Let the tasks that are ready (often more broadcasts) run first.
         tokio::task::yield_now().await;
         let Some(hub) = hub.upgrade() else { break };
-        let _order = hub.fanning_out.lock();
-        let batch = std::mem::take(&mut *b.pending.lock());
-        if !batch.is_empty() {
-            hub.fan_out_locked(&batch);
-        }
+        hub.flush_broadcasts();
     }
 }
 
@@ -135,7 +133,8 @@ struct Replay {
 /// What a delivery did.
 #[derive(Debug, Default)]
 pub struct Delivery {
-    /// Connections the message was queued to (or held for, during a replay).
+    /// Connections the message was queued to (or held for, during a replay); for a
+    /// broadcast, the sockets in rooms when it was accepted.
     pub queued: usize,
     /// Connections that missed stored messages (a seq arrived past a gap, as can happen
     /// when nodes publish out of order): `(user, socket, last seq sent)`. They now hold
@@ -189,6 +188,8 @@ pub struct Hub {
     /// Sockets in all rooms.
     held: AtomicUsize,
     broadcasts: Arc<Broadcasts>,
+    /// Broadcasts accepted and not yet fanned out (pending, or being fanned out).
+    unfinished: AtomicUsize,
     /// Fan-outs of broadcasts run one at a time, so that they stay in order.
     fanning_out: Mutex<()>,
     me: Weak<Hub>,
@@ -221,6 +222,7 @@ impl Hub {
             metrics: HubMetrics::default(),
             held: AtomicUsize::new(0),
             broadcasts: Arc::default(),
+            unfinished: AtomicUsize::new(0),
             fanning_out: Mutex::new(()),
             me: me.clone(),
         })
@@ -350,6 +352,9 @@ impl Hub {
     pub fn deliver(&self, msg: &Message) -> Delivery {
         let mut queued = 0;
         let mut gaps = Vec::new();
+        if !matches!(msg.target, Target::All) && self.unfinished.load(Ordering::Acquire) > 0 {
+            self.flush_broadcasts();
+        }
         match &msg.target {
             Target::Users(users) => {
                 let packets = msg.encode();
@@ -361,7 +366,7 @@ impl Hub {
                 }
             }
             Target::All => {
-                // Answered with the sockets held now; the fan-out follows shortly.
+                // Answered with the sockets in rooms now; the fan-out follows shortly.
                 queued = self.held.load(Ordering::Relaxed);
                 self.broadcast(msg.encode());
             }
@@ -392,8 +397,9 @@ impl Hub {
     /// once where there is no runtime, or too many broadcasts wait.
     fn broadcast(&self, packets: Vec<Outbound>) {
         let b = &self.broadcasts;
+        self.unfinished.fetch_add(1, Ordering::AcqRel);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.fan_out(vec![packets]);
+            return self.fan_out_now(packets);
         };
         b.started.get_or_init(|| {
             rt.spawn(fan_out_task(b.clone(), self.me.clone()));
@@ -401,10 +407,7 @@ impl Hub {
         let mut pending = b.pending.lock();
         if pending.len() >= MAX_PENDING_BROADCASTS {
             drop(pending);
-            let _order = self.fanning_out.lock();
-            let mut batch = std::mem::take(&mut *b.pending.lock());
-            batch.push(packets);
-            return self.fan_out_locked(&batch);
+            return self.fan_out_now(packets);
         }
         pending.push(packets);
         let first = pending.len() == 1;
@@ -414,13 +417,32 @@ impl Hub {
         }
     }
 
-    /// Fans out broadcasts now, after any fan-out in progress.
-    fn fan_out(&self, batch: Vec<Vec<Outbound>>) {
+    /// Fans out `packets` now, after every broadcast accepted before it.
+    fn fan_out_now(&self, packets: Vec<Outbound>) {
         let _order = self.fanning_out.lock();
+        let mut batch = self.take_pending();
+        batch.push(packets);
         self.fan_out_locked(&batch);
     }
 
+    /// Finishes the fan-out of every broadcast accepted so far (waiting for one in
+    /// progress); used before a push to users, and at shutdown.
+    pub fn flush_broadcasts(&self) {
+        let _order = self.fanning_out.lock();
+        let batch = self.take_pending();
+        if !batch.is_empty() {
+            self.fan_out_locked(&batch);
+        }
+    }
+
+    /// Takes the waiting broadcasts; call with `fanning_out` held, and fan them out
+    /// before letting go of it.
+    fn take_pending(&self) -> Vec<Vec<Outbound>> {
+        std::mem::take(&mut *self.broadcasts.pending.lock())
+    }
+
     /// Queues every broadcast of `batch`, in order, on every socket: one visit each.
+    /// Call with `fanning_out` held.
     fn fan_out_locked(&self, batch: &[Vec<Outbound>]) {
         let mut ok = 0;
         let mut sockets = 0;
@@ -437,6 +459,8 @@ impl Hub {
         self.metrics
             .delivery_failures
             .add((sockets * batch.len() - ok) as u64);
+        // Every broadcast was counted when it was accepted.
+        self.unfinished.fetch_sub(batch.len(), Ordering::AcqRel);
     }
 
     /// Sends or holds one stored copy for one connection.

@@ -88,7 +88,9 @@ pub struct PushResult {
     /// Durable pushes: each user's seq.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seqs: Option<std::collections::BTreeMap<String, u64>>,
-    /// Volatile pushes: connections on this node the message was queued to.
+    /// Volatile pushes: connections on this node the message was queued to (for a
+    /// broadcast, the connections in rooms here when it was accepted; its fan-out
+    /// follows at once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
 }

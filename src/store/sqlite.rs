@@ -157,8 +157,9 @@ type Settle = (Vec<Done>, Result<(), StoreError>);
 #[derive(Default)]
 struct Seqs(HashMap<String, i64>);
 
-/// Users whose last seq is kept in memory; beyond this the map starts over.
-const MAX_CACHED_USERS: usize = 1 << 20;
+/// Users whose last seq is kept in memory (about 10 MB); beyond this the map starts
+/// over, and a user's next push reads it from the database again.
+const MAX_CACHED_USERS: usize = 1 << 17;
 
 impl Seqs {
     /// The user's last seq (0 for a user with no messages).
@@ -172,16 +173,21 @@ impl Seqs {
                             COALESCE((SELECT MAX(seq) FROM inbox WHERE user_id = ?1), 0))",
             )?
             .query_row([user], |r| r.get(0))?;
-        if self.0.len() >= MAX_CACHED_USERS {
-            self.0 = HashMap::new();
+        if v > 0 {
+            if self.0.len() >= MAX_CACHED_USERS {
+                self.0 = HashMap::new();
+            }
+            self.0.insert(user.to_owned(), v);
         }
-        self.0.insert(user.to_owned(), v);
         Ok(v)
     }
 
     /// Allocates the user's next seq.
     fn next(&mut self, tx: &Transaction<'_>, user: &str) -> Result<i64, rusqlite::Error> {
         let v = self.last(tx, user)? + 1;
+        if self.0.len() >= MAX_CACHED_USERS {
+            self.0 = HashMap::new();
+        }
         self.0.insert(user.to_owned(), v);
         Ok(v)
     }

@@ -146,7 +146,8 @@ enum State {
     Polling,
     /// A WebSocket has probed; the queue waits until the upgrade completes.
     Upgrading,
-    /// The WebSocket task drains the queue.
+    /// On a WebSocket: the flusher writes the queue (the connection task only what the
+    /// socket refused).
     WebSocket,
     /// The server closed the session; the queue is flushed, then the session ends.
     Closing,
@@ -730,8 +731,9 @@ impl Session {
         }
     }
 
-    /// The WebSocket task takes over writing (at its start, or when an upgrade has
-    /// completed); `pending` holds bytes it has not yet written, which go first.
+    /// The WebSocket task hands writing to the session, and so to the flusher (at its
+    /// start, or when an upgrade has completed); `pending` holds bytes the task has not
+    /// yet written, which go first.
     pub(crate) fn attach_ws(&self, stream: Arc<TcpStream>, pending: Vec<u8>) {
         let mut inner = self.inner.lock();
         inner.raw = pending;
@@ -770,8 +772,8 @@ impl Session {
 
     /// Writes on behalf of the WebSocket task: pending bytes, then the queue. Pending
     /// means the task is registered for a wake-up (socket writable, or more to write);
-    /// `Ready(Ok(true))` that the close frame is written, `Ready(Ok(false))` that the
-    /// session ended without one being queued yet (the task queues it and polls again).
+    /// `Ready(Ok(WsEnd::Closed))` that the close frame is written; `WsEnd::Ended` that
+    /// the session ended and the task is to queue the close frame and poll again.
     pub(crate) fn poll_ws_write(
         &self,
         cx: &mut Context<'_>,
