@@ -519,3 +519,58 @@ async fn a_client_that_stops_reading_gets_everything_once_it_reads_again() {
     assert_eq!(ws.text().await, "42[\"n\",\"after\"]");
     assert_eq!(srv.engine.metrics().queue_overflow_drops.get(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_cannot_hold_its_connection() {
+    // One connection at most: the stalled one must give its slot back.
+    let srv = start(EngineConfig {
+        max_connections: 1,
+        max_queue_bytes: 64 << 20,
+        ping_interval: Duration::from_millis(200),
+        ping_timeout: Duration::from_millis(300),
+        ..EngineConfig::default()
+    })
+    .await;
+    let _stalled = Ws::socketio(srv.addr).await;
+    let socket = srv.echo.sockets.lock()[0].clone();
+    // 12 MB it never reads: both ends' socket buffers fill up and the rest waits.
+    let big = Args::one(&"x".repeat(64 << 10));
+    for i in 0..200 {
+        let _ = socket.emit("flood", &big);
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // It does not answer pings either, so its session ends; what is left to write (the
+    // rest of a frame, the close frame) cannot be. One ping timeout later the server
+    // lets go of the connection, and a new one fits.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if accepts_a_connection(srv.addr).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled connection still holds its slot"
+        );
+    }
+}
+
+/// Whether the server answers a WebSocket handshake now (a refused connection is closed
+/// without an answer).
+async fn accepts_a_connection(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if buf.starts_with(b"HTTP/1.1 101")
+    )
+}

@@ -727,8 +727,9 @@ async fn upgrade(
     };
     drop(head);
     let max = engine.config.max_payload;
+    let linger = engine.config.ping_timeout;
     tokio::spawn(async move {
-        websocket::run(stream, session, upgrading, leftover, max).await;
+        websocket::run(stream, session, upgrading, leftover, max, linger).await;
         drop(slot);
     });
 }

@@ -788,7 +788,11 @@ impl Session {
                     match stream.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
+                        Poll::Pending => {
+                            // Woken by writability, or by the session ending meanwhile.
+                            inner.waker = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        }
                     }
                 }
                 Err(e) => return Poll::Ready(Err(e)),

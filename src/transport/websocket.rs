@@ -10,7 +10,7 @@
 //! its own frames (pongs, the close frame).
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,6 +51,11 @@ struct Driver {
     attached: bool,
     /// A close frame has been queued; stop once it is written.
     closing: bool,
+    /// Once the session has ended: when to give up on a peer that does not read what is
+    /// left (the rest of a frame, the close frame), so that it cannot hold the connection.
+    linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// How long that is: the ping timeout.
+    linger_for: std::time::Duration,
 }
 
 /// Runs a WebSocket connection until it ends. `leftover` holds bytes read past the
@@ -61,6 +66,7 @@ pub(crate) async fn run(
     upgrading: bool,
     leftover: Vec<u8>,
     max_payload: usize,
+    linger_for: std::time::Duration,
 ) {
     let mut d = Driver {
         stream: Arc::new(stream),
@@ -73,6 +79,8 @@ pub(crate) async fn run(
         unwritten: Vec::new(),
         attached: false,
         closing: false,
+        linger: None,
+        linger_for,
     };
     if !upgrading {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -96,7 +104,21 @@ impl Driver {
                 Poll::Pending => {}
             }
         }
-        self.poll_write(cx)
+        if self.poll_write(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if self.closing || self.linger.is_some() || self.session.is_closed() {
+            let linger_for = self.linger_for;
+            let linger = self
+                .linger
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(linger_for)));
+            if linger.as_mut().poll(cx).is_ready() {
+                // The peer does not read: drop the connection with what is unwritten.
+                self.end(CloseReason::TransportError);
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 
     /// Reads and handles whatever the socket has. Ready means the connection is over.
