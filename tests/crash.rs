@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 mod common;
 use common::pg::Postgres;
-use common::{http, Ws};
+use common::{try_http, Ws};
 
 /// Starts the herald binary; returns it and its address.
 fn herald(env: &[(&str, &str)]) -> (Child, SocketAddr) {
@@ -40,7 +40,8 @@ async fn push(addr: SocketAddr, i: u64) -> Option<u64> {
         "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let (status, text) = http(addr, req.as_bytes()).await;
+    // The server is killed while writers push: a refused connection ends the writer.
+    let (status, text) = try_http(addr, req.as_bytes()).await?;
     if status != 200 {
         return None;
     }

@@ -195,8 +195,16 @@ pub fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
 
 /// Sends a raw HTTP request on a new connection; returns status and body.
 pub async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
+    try_http(addr, request)
+        .await
+        .expect("connect and send the request")
+}
+
+/// [`http`], or `None` if the server cannot be reached or stops reading the request
+/// (a server being killed, say).
+pub async fn try_http(addr: SocketAddr, request: &[u8]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(request).await.ok()?;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(WAIT, async {
         let mut chunk = [0u8; 4096];
@@ -229,7 +237,7 @@ pub async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 pub fn get(path_query: &str) -> Vec<u8> {
