@@ -389,6 +389,20 @@ pub(crate) enum Done {
     Nothing,
 }
 
+/// The answer to storing `msg`, with the message to route once committed (none for a
+/// duplicate, or a failure).
+pub(crate) fn appended(
+    msg: &NewMessage,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+    result: Result<Appended, StoreError>,
+) -> Done {
+    let routed = match &result {
+        Ok(a) if !a.duplicate => committed_message(msg, &a.seqs),
+        _ => None,
+    };
+    Done::Append(reply, result, routed)
+}
+
 /// An op that did not run, so that its caller gets the batch's error.
 pub(crate) fn pending(op: WriteOp) -> Done {
     match op {

@@ -14,8 +14,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
-    committed_message, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp,
-    Recipient, Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+    appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
+    Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
 };
 use crate::hub::Message;
 
@@ -192,14 +192,13 @@ async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc
     let result = match result {
         Ok(seqs) => {
             for ((msg, reply), seqs) in appends.into_iter().zip(seqs) {
-                let m = committed_message(&msg, &seqs);
                 let a = Appended {
-                    id: msg.id,
+                    id: msg.id.clone(),
                     ts: msg.ts,
                     seqs,
                     duplicate: false,
                 };
-                done.push(Done::Append(reply, Ok(a), m));
+                done.push(appended(&msg, reply, Ok(a)));
             }
             Ok(())
         }
@@ -351,13 +350,7 @@ type Applied = Result<Done, (Done, tokio_postgres::Error)>;
 async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg).await {
-            Ok(Ok(a)) => {
-                let m = (!a.duplicate)
-                    .then(|| committed_message(&msg, &a.seqs))
-                    .flatten();
-                Ok(Done::Append(reply, Ok(a), m))
-            }
-            Ok(Err(e)) => Ok(Done::Append(reply, Err(e), None)),
+            Ok(r) => Ok(appended(&msg, reply, r)),
             Err(e) => Err((Done::Append(reply, Err(StoreError::Closed), None), e)),
         },
         WriteOp::Read {
@@ -374,10 +367,18 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
             seq,
             device,
             at,
-        } => match delivered(tx, &user, seq, device.as_deref(), at).await {
-            Ok(()) => Ok(Done::Nothing),
-            Err(e) => Err((Done::Nothing, e)),
-        },
+        } => {
+            let ack = Ack {
+                user,
+                seq: i(seq),
+                device,
+                at: i(at),
+            };
+            match ack_all(tx, &[ack]).await {
+                Ok(()) => Ok(Done::Nothing),
+                Err(e) => Err((Done::Nothing, e)),
+            }
+        }
         WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err((Done::Sweep(reply, 0), e)),
@@ -414,35 +415,7 @@ async fn append(
                 .map_err(|e| StoreError::Backend(e.to_string())));
         }
     }
-    let ts = i(msg.ts);
-    tx.execute(
-        "INSERT INTO messages (id, event, data, ts) VALUES ($1, $2, $3, $4)",
-        &[&msg.id, &msg.event, &msg.data, &ts],
-    )
-    .await?;
-    // One statement numbers every recipient: users are distinct and sorted, so
-    // concurrent writers lock user rows in the same order and cannot deadlock.
-    let rows = tx
-        .query(
-            "INSERT INTO users (user_id, last_seq) SELECT u, 1 FROM unnest($1::text[]) AS u
-             ON CONFLICT (user_id) DO UPDATE SET last_seq = users.last_seq + 1
-             RETURNING user_id, last_seq",
-            &[&msg.users],
-        )
-        .await?;
-    let mut seqs: Vec<(String, u64)> = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
-        .collect();
-    seqs.sort_unstable();
-    let users: Vec<&str> = seqs.iter().map(|(u, _)| u.as_str()).collect();
-    let numbers: Vec<i64> = seqs.iter().map(|(_, s)| *s as i64).collect();
-    tx.execute(
-        "INSERT INTO inbox (user_id, seq, message_id, ts)
-         SELECT u, s, $3, $4 FROM unnest($1::text[], $2::bigint[]) AS t(u, s)",
-        &[&users, &numbers, &msg.id, &ts],
-    )
-    .await?;
+    let seqs = append_all(tx, &[msg]).await?.pop().unwrap_or_default();
     let appended = Appended {
         id: msg.id.clone(),
         ts: msg.ts,
@@ -453,7 +426,7 @@ async fn append(
         let response = serde_json::to_string(&appended).unwrap_or_default();
         tx.execute(
             "INSERT INTO idempotency (key, fingerprint, response, created_at) VALUES ($1, $2, $3, $4)",
-            &[key, fingerprint, &response, &ts],
+            &[key, fingerprint, &response, &i(msg.ts)],
         )
         .await?;
     }
@@ -483,29 +456,6 @@ async fn mark_read(
     )
     .await?;
     Ok(stored as u64)
-}
-
-async fn delivered(
-    tx: &Transaction<'_>,
-    user: &str,
-    seq: u64,
-    device: Option<&str>,
-    at: u64,
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE inbox SET delivered_at = $3 WHERE user_id = $1 AND seq = $2 AND delivered_at IS NULL",
-        &[&user, &i(seq), &i(at)],
-    )
-    .await?;
-    if let Some(device) = device {
-        tx.execute(
-            "INSERT INTO devices (user_id, device_id, acked_seq) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id, device_id) DO UPDATE SET acked_seq = GREATEST(devices.acked_seq, excluded.acked_seq)",
-            &[&user, &device, &i(seq)],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 async fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, tokio_postgres::Error> {

@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    committed_message, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp,
-    Recipient, Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+    appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
+    Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
 };
 use crate::hub::Message;
 
@@ -184,6 +184,10 @@ impl Seqs {
 
     /// Allocates the user's next seq.
     fn next(&mut self, tx: &Transaction<'_>, user: &str) -> Result<i64, rusqlite::Error> {
+        if let Some(v) = self.0.get_mut(user) {
+            *v += 1;
+            return Ok(*v);
+        }
         let v = self.last(tx, user)? + 1;
         if self.0.len() >= MAX_CACHED_USERS {
             self.0 = HashMap::new();
@@ -227,13 +231,7 @@ type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg, seqs) {
-            Ok(Ok(a)) => {
-                let m = (!a.duplicate)
-                    .then(|| committed_message(&msg, &a.seqs))
-                    .flatten();
-                Ok(Done::Append(reply, Ok(a), m))
-            }
-            Ok(Err(e)) => Ok(Done::Append(reply, Err(e), None)),
+            Ok(r) => Ok(appended(&msg, reply, r)),
             Err(e) => Err(Box::new((
                 Done::Append(reply, Err(StoreError::Closed), None),
                 e,

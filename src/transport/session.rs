@@ -405,10 +405,13 @@ impl Session {
     pub(crate) fn flush(&self) {
         let mut inner = self.inner.lock();
         inner.flush_pending = false;
-        let Some(stream) = inner.ws.clone() else {
+        // Taken out and put back under the lock, rather than cloned: no reference-count
+        // traffic per delivery.
+        let Some(stream) = inner.ws.take() else {
             return;
         };
         let written = inner.write_ws(&stream, self.eio).is_ok();
+        inner.ws = Some(stream);
         inner.ws_blocked = !written;
         if !written || inner.state != State::WebSocket {
             // Would block or broken (the connection task finds out on its own write), or
@@ -773,7 +776,8 @@ impl Session {
     /// Writes on behalf of the WebSocket task: pending bytes, then the queue. Pending
     /// means the task is registered for a wake-up (socket writable, or more to write);
     /// `Ready(Ok(WsEnd::Closed))` that the close frame is written; `WsEnd::Ended` that
-    /// the session ended and the task is to queue the close frame and poll again.
+    /// the session ended and the task is to queue the close frame and poll again;
+    /// `WsEnd::Stuck` that the session ended and the socket refuses what is left.
     pub(crate) fn poll_ws_write(
         &self,
         cx: &mut Context<'_>,
@@ -791,6 +795,9 @@ impl Session {
                         Poll::Pending => {
                             // Woken by writability, or by the session ending meanwhile.
                             inner.waker = Some(cx.waker().clone());
+                            if inner.reason.is_some() {
+                                return Poll::Ready(Ok(WsEnd::Stuck));
+                            }
                             return Poll::Pending;
                         }
                     }
@@ -826,6 +833,9 @@ pub(crate) enum WsEnd {
     Closed,
     /// The session ended for this reason; the close frame is still to be queued.
     Ended(CloseReason),
+    /// The session has ended and the socket refuses what is left; the task is registered
+    /// for a wake-up, and gives up if the peer does not read in time.
+    Stuck,
 }
 
 impl Inner {

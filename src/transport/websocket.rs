@@ -107,11 +107,10 @@ impl Driver {
         if self.poll_write(cx).is_ready() {
             return Poll::Ready(());
         }
-        if self.closing || self.linger.is_some() || self.session.is_closed() {
-            let linger_for = self.linger_for;
-            let linger = self
-                .linger
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(linger_for)));
+        if self.closing {
+            self.start_linger();
+        }
+        if let Some(linger) = self.linger.as_mut() {
             if linger.as_mut().poll(cx).is_ready() {
                 // The peer does not read: drop the connection with what is unwritten.
                 self.end(CloseReason::TransportError);
@@ -321,6 +320,13 @@ impl Driver {
         self.close_with(e.code);
     }
 
+    /// Starts the time a peer gets to read what is left once its session has ended.
+    fn start_linger(&mut self) {
+        if self.linger.is_none() {
+            self.linger = Some(Box::pin(tokio::time::sleep(self.linger_for)));
+        }
+    }
+
     /// Hands writing to the session.
     fn attach(&mut self) {
         self.session
@@ -365,6 +371,10 @@ impl Driver {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(WsEnd::Closed)) => return Poll::Ready(()),
                 Poll::Ready(Ok(WsEnd::Ended(reason))) => self.close_with(close_code(reason)),
+                Poll::Ready(Ok(WsEnd::Stuck)) => {
+                    self.start_linger();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(_)) => return self.broken(),
             }
         }

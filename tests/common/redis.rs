@@ -3,6 +3,16 @@
 
 use std::process::{Child, Command, Stdio};
 
+/// A redis-server on `port` of 127.0.0.1 that keeps nothing on disk, quiet.
+fn server(port: u16) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
@@ -26,19 +36,7 @@ impl Redis {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = server(self.port)
             .spawn()
             .expect("redis-server is not installed");
         self.child = Some(child);
@@ -89,25 +87,11 @@ impl RedisCluster {
             .collect();
         let mut children = Vec::new();
         for port in &ports {
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--dir",
-                    dir.path().to_str().unwrap(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+            let child = server(*port)
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(format!("nodes-{port}.conf"))
+                .arg("--dir")
+                .arg(dir.path())
                 .spawn()
                 .expect("redis-server is not installed");
             children.push(child);
