@@ -79,11 +79,26 @@ pub struct TransportSection {
     pub cors_credentials: bool,
     /// Simultaneous TCP connections. Default 100,000.
     pub max_connections: usize,
+    /// Simultaneous TCP connections from one address (IPv6: one /64); 0 for no limit.
+    /// Default 1,000.
+    pub max_connections_per_ip: usize,
+    /// Engine.IO handshakes one address may open per second (bursts of as many); 0 for
+    /// no limit. Default 100.
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// Addresses or CIDR blocks the per-address limits do not apply to (a load
+    /// balancer, a reverse proxy). Default: none.
+    pub ip_limit_exempt: Vec<String>,
     /// Largest HTTP request head, bytes. Default 16 KiB.
     pub max_header_bytes: usize,
-    /// Milliseconds to read a request, and idle time between keep-alive requests.
-    /// Default 30,000.
+    /// Milliseconds for a whole request head (from its first byte) and a whole request
+    /// body (plus `min_body_rate` time for a large one); also how long a response may
+    /// take to be read. Default 10,000.
     pub request_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may idle between requests. Default 60,000.
+    pub keepalive_timeout_ms: u64,
+    /// Slowest request body (and response) transfer tolerated, bytes per second.
+    /// Default 16,384.
+    pub min_body_rate: usize,
 }
 
 impl Default for TransportSection {
@@ -99,8 +114,13 @@ impl Default for TransportSection {
             cors_origins: e.cors_origins,
             cors_credentials: e.cors_credentials,
             max_connections: e.max_connections,
+            max_connections_per_ip: e.max_connections_per_ip,
+            max_handshakes_per_ip_per_sec: e.max_handshakes_per_ip_per_sec,
+            ip_limit_exempt: e.ip_limit_exempt,
             max_header_bytes: e.max_header_bytes,
             request_timeout_ms: e.request_timeout.as_millis() as u64,
+            keepalive_timeout_ms: e.keepalive_timeout.as_millis() as u64,
+            min_body_rate: e.min_body_rate,
         }
     }
 }
@@ -252,6 +272,11 @@ impl Config {
         if t.max_payload == 0 || t.max_queue_packets == 0 || t.max_queue_bytes == 0 {
             bail!("transport payload and queue limits must be positive");
         }
+        if t.request_timeout_ms == 0 || t.keepalive_timeout_ms == 0 || t.min_body_rate == 0 {
+            bail!("transport.request_timeout_ms, keepalive_timeout_ms and min_body_rate must be positive");
+        }
+        crate::transport::check_exemptions(&t.ip_limit_exempt)
+            .context("transport.ip_limit_exempt")?;
         if self.api.max_body_bytes == 0 || self.hub.max_connections_per_user == 0 {
             bail!("api.max_body_bytes and hub.max_connections_per_user must be positive");
         }
@@ -311,7 +336,12 @@ impl Config {
             cors_credentials: t.cors_credentials,
             max_header_bytes: t.max_header_bytes,
             request_timeout: Duration::from_millis(t.request_timeout_ms),
+            keepalive_timeout: Duration::from_millis(t.keepalive_timeout_ms),
+            min_body_rate: t.min_body_rate,
             max_connections: t.max_connections,
+            max_connections_per_ip: t.max_connections_per_ip,
+            max_handshakes_per_ip_per_sec: t.max_handshakes_per_ip_per_sec,
+            ip_limit_exempt: t.ip_limit_exempt.clone(),
         }
     }
 

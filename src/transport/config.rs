@@ -26,11 +26,14 @@ pub struct EngineConfig {
     /// Largest message or polling payload a client may send, in bytes. Default 1,000,000
     /// (as Node's `maxHttpBufferSize`).
     pub max_payload: usize,
-    /// Largest number of packets queued for one client. Default 4096.
+    /// Largest number of packets queued for one client, control packets (pings, pongs,
+    /// noops) included. Default 4096.
     pub max_queue_packets: usize,
     /// Largest number of bytes queued for one client. Default 4 MiB.
     pub max_queue_bytes: usize,
     /// What happens when a client's queue is full. Default [`OverflowPolicy::Disconnect`].
+    /// A control packet (a pong, a ping, an RFC 6455 pong frame) that does not fit
+    /// disconnects under either policy: the client is not reading.
     pub overflow: OverflowPolicy,
     /// Origins allowed to make cross-origin polling requests, e.g. `https://app.example`.
     /// `*` allows any origin but then never with credentials. Default: none (same-origin
@@ -41,12 +44,27 @@ pub struct EngineConfig {
     pub cors_credentials: bool,
     /// Largest HTTP request head (request line plus headers). Default 16 KiB.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head once it has started one, and
-    /// the idle time allowed between keep-alive requests. Default 30 s.
+    /// Time a client has to send a whole request head (from its first byte, or from the
+    /// connection's start for its first request), and a whole request body (plus what
+    /// [`EngineConfig::min_body_rate`] allows a large body). Default 10 s.
     pub request_timeout: Duration,
+    /// Idle time allowed between two requests on a keep-alive connection. Default 60 s.
+    pub keepalive_timeout: Duration,
+    /// Slowest transfer of a request body tolerated, in bytes per second: a body of `n`
+    /// bytes gets `request_timeout + n / min_body_rate` to arrive. Default 16 KiB/s.
+    pub min_body_rate: usize,
     /// Largest number of simultaneous TCP connections; more are closed at once and
     /// counted in `connections_refused`. Default 100,000.
     pub max_connections: usize,
+    /// Largest number of simultaneous TCP connections from one address (IPv6: one /64);
+    /// more are answered 429 and closed. 0: no limit. Default 1,000.
+    pub max_connections_per_ip: usize,
+    /// Engine.IO handshakes (new sessions) one address may open per second, with bursts
+    /// of as many; more are answered 429. 0: no limit. Default 100.
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// Addresses or CIDR blocks (a load balancer, a reverse proxy) that the per-address
+    /// limits do not apply to. Default: none.
+    pub ip_limit_exempt: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -61,8 +79,13 @@ impl Default for EngineConfig {
             cors_origins: Vec::new(),
             cors_credentials: false,
             max_header_bytes: 16 << 10,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            min_body_rate: 16 << 10,
             max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            max_handshakes_per_ip_per_sec: 100,
+            ip_limit_exempt: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::config::EngineConfig;
+use super::limits::PerIp;
 use super::packet::Eio;
 use super::session::{Connection, Session, Sid};
 
@@ -43,6 +44,12 @@ pub struct Metrics {
     pub sessions_opened: Counter,
     pub sessions_closed: Counter,
     pub connections_refused: Counter,
+    /// Connections refused because their address held `max_connections_per_ip`.
+    pub connections_refused_per_ip: Counter,
+    /// Handshakes refused because their address exceeded `max_handshakes_per_ip_per_sec`.
+    pub handshakes_refused: Counter,
+    /// Requests whose head or body did not arrive within its deadline.
+    pub request_timeouts: Counter,
     pub protocol_errors: Counter,
     pub queue_overflow_drops: Counter,
     pub queue_overflow_disconnects: Counter,
@@ -93,6 +100,8 @@ pub(crate) struct EngineInner {
     epoch: Instant,
     /// One flush list (and flusher task) per core, sessions spread by sid.
     flush: Arc<[FlushList]>,
+    /// Connections and handshakes per client address.
+    pub(crate) per_ip: PerIp,
 }
 
 impl EngineInner {
@@ -187,8 +196,19 @@ impl Engine {
                 notify: tokio::sync::Notify::new(),
             })
             .collect();
+        let per_ip = PerIp::new(&config).unwrap_or_else(|e| {
+            // The configuration is validated at start; a caller that skipped that gets
+            // the limits without the exemptions.
+            tracing::warn!(error = %e, "ignoring transport.ip_limit_exempt");
+            PerIp::new(&EngineConfig {
+                ip_limit_exempt: Vec::new(),
+                ..config.clone()
+            })
+            .expect("no exemptions to parse")
+        });
         Engine {
             inner: Arc::new(EngineInner {
+                per_ip,
                 config,
                 metrics: Metrics::default(),
                 endpoints: endpoints

@@ -22,6 +22,8 @@ pub struct Head {
     /// Byte index of `?` in `target`, or its length.
     pub path_end: usize,
     pub origin: Option<String>,
+    /// The `Host` header: a browser's same-origin requests carry it in `Origin` too.
+    pub host: Option<String>,
     pub content_length: Option<usize>,
     pub chunked: bool,
     /// `Content-Type: application/octet-stream` (v3 binary payloads).
@@ -90,6 +92,7 @@ pub fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
         target,
         path_end,
         origin: None,
+        host: None,
         content_length: None,
         chunked: false,
         octet_stream: false,
@@ -110,6 +113,8 @@ pub fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, HeadError> {
         let name = h.name;
         if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("host") {
+            head.host = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value.parse::<usize>().map_err(|_| HeadError::Malformed)?;
             if head.content_length.is_some_and(|m| m != n) {

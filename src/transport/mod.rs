@@ -6,6 +6,7 @@
 //! - [`http`]: the bit of HTTP/1.1 Engine.IO needs;
 //! - [`session`]: one client session and its bounded outbound queue;
 //! - [`engine`]: the session registry, heartbeat walker, counters;
+//! - `limits`: connections and handshakes per client address;
 //! - [`websocket`]: the per-connection WebSocket task;
 //! - [`server`]: the listener and the HTTP side of connections.
 
@@ -13,12 +14,14 @@ pub mod config;
 pub mod engine;
 pub mod frame;
 pub mod http;
+mod limits;
 pub mod packet;
 pub mod server;
 pub mod session;
 mod websocket;
 
 pub use config::{EngineConfig, OverflowPolicy};
+pub use limits::{check_exemptions, CidrError};
 pub use engine::{Engine, EngineHandler, Metrics, OpenRequest};
 pub use packet::{Eio, Outbound};
 pub use server::{serve, Fallback};

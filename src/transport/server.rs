@@ -3,7 +3,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,15 @@ pub trait Fallback: Send + Sync + 'static {
         &self,
         request: http_types::Request<bytes::Bytes>,
     ) -> Pin<Box<dyn Future<Output = http_types::Response<bytes::Bytes>> + Send>>;
+    /// Looks at a request before its body is read: an answer here (say, 401 for a
+    /// missing API key) is sent at once, the body is never read, and the connection
+    /// closes. Default: none.
+    fn precheck(
+        &self,
+        _request: &http_types::request::Parts,
+    ) -> Option<http_types::Response<bytes::Bytes>> {
+        None
+    }
     /// Largest request body accepted, in bytes.
     fn max_body(&self) -> usize;
     /// The answer to a request whose body exceeds [`Fallback::max_body`].
@@ -42,14 +51,26 @@ struct Shared {
     connections: AtomicUsize,
 }
 
-/// Decrements the connection count when a connection's task ends.
-struct ConnectionSlot(Arc<Shared>);
+/// Gives back a connection's place in the counts (total, and its address's) when the
+/// connection's task ends.
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    /// The client's address, when the per-address limits count it.
+    counted: Option<IpAddr>,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.counted {
+            let engine = &self.shared.engine;
+            engine.per_ip.close(ip, engine.now_ms());
+        }
     }
 }
+
+/// The answer to a connection or handshake over its address's limit.
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: 75\r\nConnection: close\r\n\r\n{\"code\":3,\"message\":\"Too many connections or handshakes from this address\"}";
 
 /// Accepts connections on `listener` until `shutdown` completes, then closes every
 /// session (each client gets a clean close) and returns.
@@ -81,11 +102,23 @@ pub async fn serve(
                     }
                 };
                 let n = shared.connections.fetch_add(1, Ordering::Relaxed);
-                let slot = ConnectionSlot(shared.clone());
-                if n >= shared.engine.config.max_connections {
-                    shared.engine.metrics.connections_refused.inc();
+                let mut slot = ConnectionSlot { shared: shared.clone(), counted: None };
+                let engine = &shared.engine;
+                if n >= engine.config.max_connections {
+                    engine.metrics.connections_refused.inc();
                     drop(stream);
                     continue;
+                }
+                let ip = remote.ip();
+                if engine.per_ip.limited(ip) {
+                    if engine.per_ip.open(ip, engine.now_ms()).is_err() {
+                        engine.metrics.connections_refused_per_ip.inc();
+                        // One attempt, never waiting: the answer fits any socket buffer.
+                        let _ = stream.try_write(TOO_MANY);
+                        drop(stream);
+                        continue;
+                    }
+                    slot.counted = Some(ip);
                 }
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(handle(slot, stream, remote));
@@ -102,19 +135,23 @@ enum Next {
 }
 
 async fn handle(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
-    let shared = slot.0.clone();
+    let shared = slot.shared.clone();
     let engine = &shared.engine;
     let mut buf: Vec<u8> = Vec::new();
+    // A new connection has one request timeout to send its first request; later ones
+    // may idle for the keep-alive time first.
+    let mut idle = engine.config.request_timeout;
     loop {
-        let head = match read_head(engine, &stream, &mut buf).await {
+        let head = match read_head(engine, &stream, &mut buf, idle).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(status) => {
                 engine.metrics.http_errors.inc();
-                let _ = write(&stream, &Response::new(status).body(b"", false)).await;
+                let _ = write(engine, &stream, &Response::new(status).body(b"", false)).await;
                 return;
             }
         };
+        idle = engine.config.keepalive_timeout;
         let endpoint = engine
             .endpoints
             .iter()
@@ -125,7 +162,7 @@ async fn handle(slot: ConnectionSlot, stream: TcpStream, remote: SocketAddr) {
                 None => {
                     buf.drain(..head.len);
                     let resp = Response::new(404).body(b"Not Found", head.keep_alive);
-                    write(&stream, &resp).await.is_ok() && head.keep_alive
+                    write(engine, &stream, &resp).await.is_ok() && head.keep_alive
                 }
             };
             if !keep_alive {
@@ -175,14 +212,18 @@ fn is_websocket(head: &Head) -> bool {
     http::query_param(head.query(), "transport").as_deref() == Some("websocket")
 }
 
-/// Reads until a full request head is buffered. `Ok(None)`: the client closed the
-/// connection between requests. `Err(status)`: answer with that status and close.
+/// Reads until a full request head is buffered: the first byte within `idle`, the whole
+/// head within the request timeout from then (however the bytes trickle in).
+/// `Ok(None)`: the client closed the connection, or sent nothing in time.
+/// `Err(status)`: answer with that status and close.
 async fn read_head(
     engine: &EngineInner,
     stream: &TcpStream,
     buf: &mut Vec<u8>,
+    idle: std::time::Duration,
 ) -> Result<Option<Head>, u16> {
     let max = engine.config.max_header_bytes;
+    let mut deadline = None;
     loop {
         if !buf.is_empty() {
             match http::parse_head(buf, max) {
@@ -192,17 +233,23 @@ async fn read_head(
                 Err(HeadError::Malformed) => return Err(400),
             }
         }
-        let n = match tokio::time::timeout(engine.config.request_timeout, read_some(stream, buf))
-            .await
-        {
+        let read = match deadline {
+            Some(at) => tokio::time::timeout_at(at, read_some(stream, buf)).await,
+            None => tokio::time::timeout(idle, read_some(stream, buf)).await,
+        };
+        let n = match read {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => return Ok(None),
             Err(_) if buf.is_empty() => return Ok(None),
-            Err(_) => return Err(408),
+            Err(_) => {
+                engine.metrics.request_timeouts.inc();
+                return Err(408);
+            }
         };
         if n == 0 {
             return Ok(None);
         }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + engine.config.request_timeout);
     }
 }
 
@@ -222,16 +269,31 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-async fn write(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+/// Writes all of `bytes`, within the request timeout plus what the slowest tolerated
+/// rate needs for them: a client that does not read its answer cannot hold the
+/// connection.
+async fn write(engine: &EngineInner, stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    let cfg = &engine.config;
+    let allowed = cfg.request_timeout
+        + std::time::Duration::from_secs_f64(bytes.len() as f64 / cfg.min_body_rate.max(1) as f64);
+    let all = async {
+        while !bytes.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(allowed, all).await {
+        Ok(r) => r,
+        Err(_) => {
+            engine.metrics.request_timeouts.inc();
+            Err(io::ErrorKind::TimedOut.into())
         }
     }
-    Ok(())
 }
 
 /// The CORS headers for a request, from the configured allow-list.
@@ -315,6 +377,36 @@ fn open_packet(engine: &EngineInner, session: &Session, websocket: bool) -> Outb
     )
 }
 
+/// Whether `remote` may open another session now (its address's handshake rate).
+fn handshake_allowed(engine: &EngineInner, remote: SocketAddr) -> bool {
+    let ip = remote.ip();
+    if !engine.per_ip.limited(ip) || engine.per_ip.handshake(ip, engine.now_ms()).is_ok() {
+        return true;
+    }
+    engine.metrics.handshakes_refused.inc();
+    false
+}
+
+/// Whether a browser page from `head.origin` may open a WebSocket: always when no
+/// allow-list is configured (as before), else when the origin is listed, `*` is, or the
+/// page is this server's own (its origin names the `Host` it connects to).
+fn origin_allowed(engine: &EngineInner, head: &Head) -> bool {
+    let list = &engine.config.cors_origins;
+    let Some(origin) = &head.origin else {
+        // Not a browser: origins are a browser's notion.
+        return true;
+    };
+    if list.is_empty() || list.iter().any(|o| o == origin || o == "*") {
+        return true;
+    }
+    let authority = origin
+        .split_once("://")
+        .map_or(origin.as_str(), |(_, rest)| rest);
+    head.host
+        .as_deref()
+        .is_some_and(|h| h.eq_ignore_ascii_case(authority))
+}
+
 /// Creates a session, queues its handshake, lets the layer above open, and registers it.
 fn open_session(
     engine: &Arc<EngineInner>,
@@ -363,31 +455,38 @@ async fn fallback(
         for h in req.headers.iter() {
             builder = builder.header(h.name, h.value);
         }
-        builder.extension(remote)
+        builder.extension(remote).body(())
     };
     buf.drain(..head.len);
+    let Ok(request) = request else {
+        let resp = Response::new(400).body(b"Bad Request", false);
+        let _ = write(engine, stream, &resp).await;
+        return false;
+    };
+    let (parts, ()) = request.into_parts();
+    if let Some(early) = f.precheck(&parts) {
+        // The body is left unread, so the connection cannot carry another request.
+        let _ = write(engine, stream, &encode_response(&early, false)).await;
+        return false;
+    }
     let response = match read_body(engine, stream, head, buf, f.max_body()).await {
-        Ok(body) => match request.body(bytes::Bytes::from(body)) {
-            Ok(req) => f.call(req).await,
-            Err(_) => {
-                let resp = Response::new(400).body(b"Bad Request", false);
-                let _ = write(stream, &resp).await;
-                return false;
-            }
-        },
+        Ok(body) => {
+            f.call(http_types::Request::from_parts(parts, bytes::Bytes::from(body)))
+                .await
+        }
         Err(BodyError::TooLarge) => {
             let r = f.too_large();
-            let _ = write(stream, &encode_response(&r, false)).await;
+            let _ = write(engine, stream, &encode_response(&r, false)).await;
             return false;
         }
         Err(BodyError::Malformed) => {
             let resp = Response::new(400).body(b"Bad Request", false);
-            let _ = write(stream, &resp).await;
+            let _ = write(engine, stream, &resp).await;
             return false;
         }
         Err(BodyError::Gone) => return false,
     };
-    write(stream, &encode_response(&response, head.keep_alive))
+    write(engine, stream, &encode_response(&response, head.keep_alive))
         .await
         .is_ok()
         && head.keep_alive
@@ -428,42 +527,46 @@ async fn polling(
                 r = r.header("Access-Control-Allow-Headers", h);
             }
         }
-        write(stream, &r.body(b"", ka)).await?;
+        write(engine, stream, &r.body(b"", ka)).await?;
         return Ok(Next::KeepAlive);
     }
     let eio = match parse_query(head) {
         Ok(e) => e,
         Err(code) => {
             engine.metrics.http_errors.inc();
-            write(stream, &error_response(400, code, ka, cors)).await?;
+            write(engine, stream, &error_response(400, code, ka, cors)).await?;
             return Ok(Next::KeepAlive);
         }
     };
     let has_sid = http::query_param(head.query(), "sid").is_some();
     match (head.method, has_sid) {
         (Method::Get, false) => {
+            if !handshake_allowed(engine, remote) {
+                write(engine, stream, TOO_MANY).await?;
+                return Ok(Next::Close);
+            }
             let b64 =
                 http::query_param(head.query(), "b64").is_some_and(|v| v == "1" || v == "true");
             let session = open_session(engine, eio, b64, endpoint, false, head.query(), remote);
             let reply = poll_fn(|cx| session.poll_get(cx)).await;
-            respond_get(stream, &session, reply, ka, cors).await?;
+            respond_get(engine, stream, &session, reply, ka, cors).await?;
             Ok(Next::KeepAlive)
         }
         (Method::Get, true) => {
             let Some(session) = lookup(engine, head, endpoint) else {
-                write(stream, &error_response(400, 1, ka, cors)).await?;
+                write(engine, stream, &error_response(400, 1, ka, cors)).await?;
                 return Ok(Next::KeepAlive);
             };
             if session.expire_if_due() || session.begin_get().is_err() {
                 let code = if session.is_closed() { 1 } else { 3 };
-                write(stream, &error_response(400, code, ka, cors)).await?;
+                write(engine, stream, &error_response(400, code, ka, cors)).await?;
                 return Ok(Next::KeepAlive);
             }
             let reply = wait_get(&session, stream, buf).await;
             session.end_get();
             match reply {
                 Some(reply) => {
-                    respond_get(stream, &session, reply, ka, cors).await?;
+                    respond_get(engine, stream, &session, reply, ka, cors).await?;
                     Ok(Next::KeepAlive)
                 }
                 None => {
@@ -474,11 +577,11 @@ async fn polling(
         }
         (Method::Post, true) => post(engine, stream, head, buf, endpoint, cors).await,
         (_, false) => {
-            write(stream, &error_response(400, 2, ka, cors)).await?;
+            write(engine, stream, &error_response(400, 2, ka, cors)).await?;
             Ok(Next::KeepAlive)
         }
         (_, true) => {
-            write(stream, &error_response(400, 3, ka, cors)).await?;
+            write(engine, stream, &error_response(400, 3, ka, cors)).await?;
             Ok(Next::KeepAlive)
         }
     }
@@ -520,6 +623,7 @@ async fn wait_get(
 }
 
 async fn respond_get(
+    engine: &EngineInner,
     stream: &TcpStream,
     session: &Arc<Session>,
     reply: GetReply,
@@ -539,7 +643,7 @@ async fn respond_get(
         .header("Content-Type", ctype)
         .header("Cache-Control", "no-store")
         .body(&body, keep_alive);
-    write(stream, &resp).await
+    write(engine, stream, &resp).await
 }
 
 async fn post(
@@ -552,11 +656,11 @@ async fn post(
 ) -> io::Result<Next> {
     let ka = head.keep_alive;
     let Some(session) = lookup(engine, head, endpoint) else {
-        write(stream, &error_response(400, 1, ka, cors)).await?;
+        write(engine, stream, &error_response(400, 1, ka, cors)).await?;
         return Ok(Next::Close);
     };
     if session.expire_if_due() || session.begin_post().is_err() {
-        write(stream, &error_response(400, 3, ka, cors)).await?;
+        write(engine, stream, &error_response(400, 3, ka, cors)).await?;
         return Ok(Next::Close);
     }
     let body = read_body(engine, stream, head, buf, engine.config.max_payload).await;
@@ -565,12 +669,12 @@ async fn post(
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             session.close(CloseReason::TransportError);
-            write(stream, &error_response(413, 6, false, cors)).await?;
+            write(engine, stream, &error_response(413, 6, false, cors)).await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Malformed) => {
             session.close(CloseReason::TransportError);
-            write(stream, &error_response(400, 3, false, cors)).await?;
+            write(engine, stream, &error_response(400, 3, false, cors)).await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Gone) => {
@@ -594,24 +698,34 @@ async fn post(
     };
     match decoded {
         Ok(packets) => {
-            for p in packets {
+            for (i, p) in packets.into_iter().enumerate() {
+                if session.is_closed() {
+                    break;
+                }
+                if i % PACKETS_PER_TURN == PACKETS_PER_TURN - 1 {
+                    // A body of many small packets must not hold the worker from others.
+                    tokio::task::yield_now().await;
+                }
                 session.receive(p);
             }
             let resp = with_cors(Response::new(200), cors)
                 .header("Content-Type", "text/html")
                 .body(b"ok", ka);
-            write(stream, &resp).await?;
+            write(engine, stream, &resp).await?;
             Ok(Next::KeepAlive)
         }
         Err(e) => {
             tracing::debug!(sid = %session.sid(), error = %e, "bad polling payload");
             engine.metrics.protocol_errors.inc();
             session.close(CloseReason::ParseError);
-            write(stream, &error_response(400, 3, false, cors)).await?;
+            write(engine, stream, &error_response(400, 3, false, cors)).await?;
             Ok(Next::Close)
         }
     }
 }
+
+/// Packets of one polling body handled before the task lets others run.
+const PACKETS_PER_TURN: usize = 256;
 
 enum BodyError {
     TooLarge,
@@ -627,15 +741,27 @@ async fn read_body(
     buf: &mut Vec<u8>,
     max: usize,
 ) -> Result<Vec<u8>, BodyError> {
-    let timeout = engine.config.request_timeout;
+    let cfg = &engine.config;
+    let start = tokio::time::Instant::now();
+    // The whole body within the request timeout, plus time for a large body at the
+    // slowest rate tolerated: a trickle cannot hold the connection.
+    let deadline = |size: usize| {
+        let rate = cfg.min_body_rate.max(1) as f64;
+        start + cfg.request_timeout + std::time::Duration::from_secs_f64(size as f64 / rate)
+    };
     async fn read(
+        engine: &EngineInner,
         stream: &TcpStream,
         buf: &mut Vec<u8>,
-        timeout: std::time::Duration,
+        at: tokio::time::Instant,
     ) -> Result<(), BodyError> {
-        match tokio::time::timeout(timeout, read_some(stream, buf)).await {
+        match tokio::time::timeout_at(at, read_some(stream, buf)).await {
             Ok(Ok(n)) if n > 0 => Ok(()),
-            _ => Err(BodyError::Gone),
+            Ok(_) => Err(BodyError::Gone),
+            Err(_) => {
+                engine.metrics.request_timeouts.inc();
+                Err(BodyError::Gone)
+            }
         }
     }
     if head.chunked {
@@ -647,7 +773,10 @@ async fn read_body(
                 }
                 Chunked::TooLarge => return Err(BodyError::TooLarge),
                 Chunked::Malformed => return Err(BodyError::Malformed),
-                Chunked::Incomplete => read(stream, buf, timeout).await?,
+                Chunked::Incomplete => {
+                    let at = deadline(buf.len());
+                    read(engine, stream, buf, at).await?
+                }
             }
         }
     }
@@ -655,8 +784,9 @@ async fn read_body(
     if len > max {
         return Err(BodyError::TooLarge);
     }
+    let at = deadline(len);
     while buf.len() < len {
-        read(stream, buf, timeout).await?;
+        read(engine, stream, buf, at).await?;
     }
     let rest = buf.split_off(len);
     Ok(std::mem::replace(buf, rest))
@@ -678,16 +808,22 @@ async fn upgrade(
     let eio = match parse_query(&head) {
         Ok(e) => e,
         Err(code) => {
-            let _ = write(&stream, &reject(code)).await;
+            let _ = write(engine, &stream, &reject(code)).await;
             return;
         }
     };
+    if !origin_allowed(engine, &head) {
+        tracing::debug!(origin = ?head.origin, "websocket from an origin not in cors_origins refused");
+        let body = error_response(403, 4, false, cors);
+        let _ = write(engine, &stream, &body).await;
+        return;
+    }
     let (Method::Get, Some(key), Some("13")) = (
         head.method,
         head.ws_key.as_deref(),
         head.ws_version.as_deref(),
     ) else {
-        let _ = write(&stream, &reject(3)).await;
+        let _ = write(engine, &stream, &reject(3)).await;
         return;
     };
     let accept = frame::accept_key(key.as_bytes());
@@ -704,14 +840,18 @@ async fn upgrade(
                 // the client sees a close rather than a failed handshake.
                 let mut bytes = resp;
                 bytes.extend_from_slice(&frame::close_frame(frame::CLOSE_POLICY));
-                let _ = write(&stream, &bytes).await;
+                let _ = write(engine, &stream, &bytes).await;
                 return;
             }
         }
     } else {
+        if !handshake_allowed(engine, remote) {
+            let _ = write(engine, &stream, TOO_MANY).await;
+            return;
+        }
         None
     };
-    if write(&stream, &resp).await.is_err() {
+    if write(engine, &stream, &resp).await.is_err() {
         if let Some(s) = existing {
             s.abort_upgrade();
         }

@@ -347,7 +347,7 @@ impl Session {
         for packets in messages {
             let bytes: usize = packets.iter().map(Outbound::len).sum();
             if inner.queue.len() + packets.len() > cfg.max_queue_packets
-                || inner.queued_bytes + bytes > cfg.max_queue_bytes
+                || inner.queued_bytes + inner.raw.len() + bytes > cfg.max_queue_bytes
             {
                 match cfg.overflow {
                     OverflowPolicy::Drop => {
@@ -356,11 +356,7 @@ impl Session {
                         continue;
                     }
                     OverflowPolicy::Disconnect => {
-                        self.engine.metrics.queue_overflow_disconnects.inc();
-                        let wakers =
-                            Self::end(&mut inner, CloseReason::QueueOverflow, State::Closed);
-                        drop(inner);
-                        self.after_end(wakers, CloseReason::QueueOverflow);
+                        self.overflow(inner);
                         return (0, Some(SendError::Overflow));
                     }
                 }
@@ -375,16 +371,32 @@ impl Session {
         (queued, refused)
     }
 
-    /// Queues a control packet; not subject to the queue limits (heartbeats and upgrade
-    /// noops must get through to a slow client too, and are few).
+    /// Queues a control packet (a ping, a pong). It counts against the queue limits
+    /// like any packet, but one that does not fit ends the session under either
+    /// overflow policy: a client that does not read its heartbeats, or sends pings
+    /// faster than it reads the pongs, is not to be kept.
     fn send_control(self: &Arc<Self>, packet: Outbound) {
+        let cfg = &self.engine.config;
         let mut inner = self.inner.lock();
         if inner.reason.is_some() {
             return;
         }
+        if inner.queue.len() >= cfg.max_queue_packets
+            || inner.queued_bytes + inner.raw.len() + packet.len() > cfg.max_queue_bytes
+        {
+            return self.overflow(inner);
+        }
         inner.queued_bytes += packet.len();
         inner.queue.push_back(packet);
         self.kick(inner);
+    }
+
+    /// Ends the session for an overflowing queue.
+    fn overflow(self: &Arc<Self>, mut inner: parking_lot::MutexGuard<'_, Inner>) {
+        self.engine.metrics.queue_overflow_disconnects.inc();
+        let wakers = Self::end(&mut inner, CloseReason::QueueOverflow, State::Closed);
+        drop(inner);
+        self.after_end(wakers, CloseReason::QueueOverflow);
     }
 
     /// Gets newly queued packets moving: an attached WebSocket goes on the flush list
@@ -758,9 +770,28 @@ impl Session {
         }
     }
 
-    /// Queues a frame the WebSocket task writes itself (a pong) after what is pending.
-    pub(crate) fn ws_raw(&self, frame: &[u8]) {
-        self.inner.lock().raw.extend_from_slice(frame);
+    /// Queues a frame the WebSocket task writes itself (an RFC 6455 pong) after what is
+    /// pending. It counts against the queue's byte limit; one that does not fit ends the
+    /// session (returns false).
+    pub(crate) fn ws_raw(self: &Arc<Self>, frame: &[u8]) -> bool {
+        let inner = self.inner.lock();
+        if inner.reason.is_some() {
+            return false;
+        }
+        if inner.queued_bytes + inner.raw.len() + frame.len() > self.engine.config.max_queue_bytes {
+            self.overflow(inner);
+            return false;
+        }
+        let mut inner = inner;
+        inner.raw.extend_from_slice(frame);
+        true
+    }
+
+    /// Whether the socket refused what was last written to it: the connection reads no
+    /// more from its client until it has been written (back pressure), so a client that
+    /// does not read cannot make it queue answers without end.
+    pub(crate) fn ws_backlogged(&self) -> bool {
+        self.inner.lock().ws_blocked
     }
 
     /// Queues the close frame; nothing is written after it.

@@ -27,6 +27,9 @@ const SCRATCH: usize = 64 << 10;
 const BATCH: usize = 128;
 /// Reads per poll before yielding to other connections.
 const READS_PER_POLL: usize = 16;
+/// Frames handled per poll before yielding: a client flooding small frames gets no more
+/// of a worker's turn than this, and the rest of what it sent waits in `partial`.
+const FRAMES_PER_POLL: usize = 256;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
@@ -40,8 +43,11 @@ struct Driver {
     max_payload: usize,
     /// Still upgrading from polling: only probe and upgrade packets are expected.
     upgrading: bool,
-    /// Bytes of an incomplete frame (empty, unallocated, between frames).
+    /// Bytes of an incomplete frame (empty, unallocated, between frames), or, with
+    /// `backlog`, of frames left for the next turn.
     partial: Vec<u8>,
+    /// `partial` may hold complete frames: the last turn's frame budget ran out.
+    backlog: bool,
     /// A fragmented message being reassembled: its opcode and bytes so far.
     fragments: Option<(u8, Vec<u8>)>,
     /// Until the session is attached (while upgrading): bytes of this task's own frames
@@ -75,6 +81,7 @@ pub(crate) async fn run(
         max_payload: max_payload + 1,
         upgrading,
         partial: Vec::new(),
+        backlog: false,
         fragments: None,
         unwritten: Vec::new(),
         attached: false,
@@ -87,8 +94,8 @@ pub(crate) async fn run(
         d.attach();
     }
     if !leftover.is_empty() {
-        let mut buf = leftover;
-        d.process(&mut buf);
+        let mut budget = FRAMES_PER_POLL;
+        d.process_owned(leftover, &mut budget);
     }
     poll_fn(|cx| d.poll(cx)).await;
     if d.upgrading {
@@ -98,14 +105,19 @@ pub(crate) async fn run(
 
 impl Driver {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.closing {
-            match self.poll_read(cx) {
-                Poll::Ready(()) => return Poll::Ready(()),
-                Poll::Pending => {}
-            }
+        if !self.closing && !self.backlogged() && self.poll_read(cx).is_ready() {
+            return Poll::Ready(());
         }
+        let was_backlogged = self.backlogged();
         if self.poll_write(cx).is_ready() {
             return Poll::Ready(());
+        }
+        if was_backlogged && !self.closing && !self.backlogged() {
+            // Writing caught up: read what waited meanwhile (its readiness may have been
+            // reported while this task was not reading, and will not be again).
+            if self.poll_read(cx).is_ready() || self.poll_write(cx).is_ready() {
+                return Poll::Ready(());
+            }
         }
         if self.closing {
             self.start_linger();
@@ -120,10 +132,31 @@ impl Driver {
         Poll::Pending
     }
 
-    /// Reads and handles whatever the socket has. Ready means the connection is over.
+    /// Whether what was last written is still waiting for the socket: then nothing more
+    /// is read (back pressure), so a client that does not read cannot make this
+    /// connection pile up answers (pongs) for it.
+    fn backlogged(&self) -> bool {
+        if self.attached {
+            self.session.ws_backlogged()
+        } else {
+            !self.unwritten.is_empty()
+        }
+    }
+
+    /// Reads and handles whatever the socket has, within a budget of frames per turn.
+    /// Ready means the connection is over.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut budget = FRAMES_PER_POLL;
+        if self.backlog {
+            let buf = std::mem::take(&mut self.partial);
+            self.process_owned(buf, &mut budget);
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         for _ in 0..READS_PER_POLL {
-            if self.closing {
+            if self.closing || self.backlogged() {
                 return Poll::Pending;
             }
             match self.stream.poll_read_ready(cx) {
@@ -143,11 +176,11 @@ impl Driver {
                     }
                     Ok(n) => {
                         if self.partial.is_empty() {
-                            self.process(&mut scratch[..n]);
+                            self.process(&mut scratch[..n], &mut budget);
                         } else {
                             let mut buf = std::mem::take(&mut self.partial);
                             buf.extend_from_slice(&scratch[..n]);
-                            self.process(&mut buf);
+                            self.process_owned(buf, &mut budget);
                         }
                         false
                     }
@@ -160,6 +193,9 @@ impl Driver {
             });
             if done {
                 return Poll::Ready(());
+            }
+            if budget == 0 {
+                break;
             }
         }
         // More may be waiting: come back after others had a turn.
@@ -177,29 +213,57 @@ impl Driver {
         }
     }
 
-    /// Handles every complete frame in `buf`; keeps an incomplete tail in `partial`.
-    fn process(&mut self, buf: &mut [u8]) {
+    /// Handles complete frames in `buf` while `budget` lasts (one per frame); keeps the
+    /// rest in `partial`.
+    fn process(&mut self, buf: &mut [u8], budget: &mut usize) {
+        let pos = self.handle_frames(buf, budget);
+        self.partial = if pos < buf.len() && !self.closing {
+            buf[pos..].to_vec()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// As [`Driver::process`], for bytes this connection already owns (no copy).
+    fn process_owned(&mut self, mut buf: Vec<u8>, budget: &mut usize) {
+        let pos = self.handle_frames(&mut buf, budget);
+        buf.drain(..pos);
+        self.partial = if buf.is_empty() || self.closing {
+            Vec::new()
+        } else {
+            buf
+        };
+    }
+
+    /// Handles complete frames from the start of `buf` while `budget` lasts; returns
+    /// how many bytes they took.
+    fn handle_frames(&mut self, buf: &mut [u8], budget: &mut usize) -> usize {
         let mut pos = 0;
+        self.backlog = false;
         while pos < buf.len() && !self.closing {
             let header = match frame::parse_header(&buf[pos..], self.max_payload) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
-                Err(e) => return self.fail(e),
+                Err(e) => {
+                    self.fail(e);
+                    return buf.len();
+                }
             };
             let end = pos + header.header_len + header.len;
             if end > buf.len() {
                 break;
             }
+            if *budget == 0 {
+                self.backlog = true;
+                break;
+            }
+            *budget -= 1;
             let payload = &mut buf[pos + header.header_len..end];
             frame::unmask(payload, header.mask, 0);
             self.on_frame(header, payload);
             pos = end;
         }
-        if pos < buf.len() && !self.closing {
-            self.partial = buf[pos..].to_vec();
-        } else {
-            self.partial = Vec::new();
-        }
+        pos
     }
 
     fn on_frame(&mut self, h: Header, payload: &mut [u8]) {
@@ -346,7 +410,9 @@ impl Driver {
         }
     }
 
-    /// Queues a frame written by the connection itself (pong, probe answer).
+    /// Queues a frame written by the connection itself (pong, probe answer). Frames of
+    /// an attached session count against its queue limit; before that, reading stops
+    /// while any are unwritten, which bounds them to one turn's frames.
     fn queue_raw(&mut self, opcode: u8, payload: &[u8]) {
         let mut h = [0u8; MAX_HEADER];
         let n = frame::write_header(&mut h, opcode, payload.len());
@@ -354,7 +420,10 @@ impl Driver {
             let mut f = Vec::with_capacity(n + payload.len());
             f.extend_from_slice(&h[..n]);
             f.extend_from_slice(payload);
-            self.session.ws_raw(&f);
+            if !self.session.ws_raw(&f) {
+                // The client does not read what it asks for: its session has ended.
+                self.close_with(frame::CLOSE_POLICY);
+            }
         } else {
             self.unwritten.extend_from_slice(&h[..n]);
             self.unwritten.extend_from_slice(payload);
