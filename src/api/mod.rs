@@ -39,6 +39,9 @@ pub struct ApiConfig {
     pub max_users_per_push: usize,
     /// Seconds an idempotency key is remembered. Default 86,400.
     pub idempotency_window_secs: u64,
+    /// Deepest nesting of arrays and objects in a push's `data` (1 to 100); deeper
+    /// pushes are refused with 400. Default 64.
+    pub max_data_depth: usize,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +51,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1 << 20,
             max_users_per_push: 10_000,
             idempotency_window_secs: 86_400,
+            max_data_depth: 64,
         }
     }
 }
@@ -154,7 +158,13 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.open && state.keys.is_empty() {
+    check_key(&state.keys, state.open, headers)
+}
+
+/// The one check of an API key: a configured key as `Authorization: Bearer <key>`, or
+/// none at all in development mode with no keys configured.
+fn check_key(keys: &[String], open: bool, headers: &HeaderMap) -> Result<(), ApiError> {
+    if open && keys.is_empty() {
         return Ok(());
     }
     let presented = headers
@@ -164,7 +174,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
         .ok_or(ApiError::Unauthorized)?;
     // Compare every key in full so timing does not tell how much of a key matched.
     let mut ok = false;
-    for k in state.keys.iter() {
+    for k in keys.iter() {
         ok |= constant_time_eq(k.as_bytes(), presented.as_bytes());
     }
     if ok {
@@ -216,8 +226,16 @@ async fn messages(
         return Err(ApiError::BadRequest("limit must be at least 1".into()));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let page = state.store.messages(&user, after, limit).await?;
-    Ok(Json(serde_json::json!({ "messages": page })))
+    let messages = state.store.messages(&user, after, limit).await?;
+    // Serialized as stored: `data` is written out as the JSON text it was pushed as,
+    // never parsed into a value again.
+    Ok(Json(Page { messages }))
+}
+
+/// A page of a user's inbox.
+#[derive(serde::Serialize)]
+struct Page {
+    messages: Vec<crate::store::StoredMessage>,
 }
 
 async fn unread(
@@ -431,17 +449,45 @@ pub fn routes(state: ApiState) -> axum::Router {
 pub struct HttpService {
     router: axum::Router,
     max_body: usize,
+    /// The API's keys, checked before a request's body is read.
+    keys: Option<(Arc<Vec<String>>, bool)>,
 }
 
 impl HttpService {
     /// `max_body` bounds request bodies; the transport refuses bigger ones before they
     /// are read.
     pub fn new(router: axum::Router, max_body: usize) -> HttpService {
-        HttpService { router, max_body }
+        HttpService {
+            router,
+            max_body,
+            keys: None,
+        }
+    }
+
+    /// Checks the API key of requests to the API (and `/metrics`) before their body is
+    /// read: a caller without a valid key gets 401 and nothing else, whatever it sends.
+    pub fn with_keys(mut self, state: &ApiState) -> HttpService {
+        self.keys = Some((state.keys.clone(), state.open));
+        self
     }
 }
 
+/// Whether a path needs the API key (everything under `/api/` but the OpenAPI document,
+/// and `/metrics`).
+fn needs_key(path: &str) -> bool {
+    (path.starts_with("/api/") && path != "/api/v1/openapi.json") || path == "/metrics"
+}
+
 impl Fallback for HttpService {
+    fn precheck(&self, request: &http::request::Parts) -> Option<http::Response<Bytes>> {
+        let (keys, open) = self.keys.as_ref()?;
+        if !needs_key(request.uri.path()) || check_key(keys, *open, &request.headers).is_ok() {
+            return None;
+        }
+        tracing::debug!(path = request.uri.path(), "API request refused: missing or invalid API key");
+        Some(error_response(ApiError::Unauthorized))
+    }
+
     fn call(
         &self,
         request: http::Request<Bytes>,
@@ -467,12 +513,17 @@ impl Fallback for HttpService {
     }
 
     fn too_large(&self) -> http::Response<Bytes> {
-        let (status, code) = ApiError::PayloadTooLarge.parts();
-        let body = serde_json::json!({"error": {"code": code, "message": ApiError::PayloadTooLarge.to_string()}});
-        http::Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Bytes::from(body.to_string()))
-            .unwrap_or_default()
+        error_response(ApiError::PayloadTooLarge)
     }
+}
+
+/// An error as a response the transport writes itself.
+fn error_response(e: ApiError) -> http::Response<Bytes> {
+    let (status, code) = e.parts();
+    let body = serde_json::json!({"error": {"code": code, "message": e.to_string()}});
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap_or_default()
 }

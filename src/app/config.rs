@@ -303,6 +303,9 @@ impl Config {
         if !matches!(self.store.sqlite_sync.as_str(), "full" | "normal") {
             bail!("store.sqlite_sync must be `full` or `normal`");
         }
+        if !(1..=100).contains(&self.api.max_data_depth) {
+            bail!("api.max_data_depth must be from 1 to 100, got {}", self.api.max_data_depth);
+        }
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");
         }
@@ -358,6 +361,7 @@ impl Config {
         PushConfig {
             max_users_per_push: self.api.max_users_per_push,
             idempotency_window: Duration::from_secs(self.api.idempotency_window_secs),
+            max_data_depth: self.api.max_data_depth,
             ..PushConfig::default()
         }
     }

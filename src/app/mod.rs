@@ -294,11 +294,11 @@ impl Node {
             keys: Arc::new(config.api.keys.clone()),
             open: config.dev_auth,
         };
-        let mut routes = api::routes(state);
+        let mut routes = api::routes(state.clone());
         if config.demo.enabled {
             routes = routes.merge(demo::routes(&config.demo)?);
         }
-        let http = Arc::new(HttpService::new(routes, config.api.max_body_bytes));
+        let http = Arc::new(HttpService::new(routes, config.api.max_body_bytes).with_keys(&state));
         Ok(Node {
             config,
             hub,

@@ -27,6 +27,8 @@ pub struct PushConfig {
     /// Largest number of idempotency keys remembered; the oldest are forgotten first.
     /// Default 100,000.
     pub max_idempotency_keys: usize,
+    /// Deepest nesting of arrays and objects in a push's `data`. Default 64.
+    pub max_data_depth: usize,
 }
 
 impl Default for PushConfig {
@@ -35,6 +37,7 @@ impl Default for PushConfig {
             max_users_per_push: 10_000,
             idempotency_window: Duration::from_secs(24 * 3600),
             max_idempotency_keys: 100_000,
+            max_data_depth: 64,
         }
     }
 }
@@ -44,14 +47,30 @@ pub const MAX_EVENT: usize = 128;
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
-/// Event names the Socket.IO client reserves for itself.
-const RESERVED: [&str; 6] = [
+/// Event names a push may not use: those socket.io-client 4.x and 2.x reserve for
+/// themselves (a handler for them would never see the push, or would take it for the
+/// client's own event), and herald's own (`read` syncs read state between devices).
+pub const RESERVED: [&str; 17] = [
+    // socket.io-client 4.x (and 3.x)
     "connect",
     "connect_error",
     "disconnect",
     "disconnecting",
     "newListener",
     "removeListener",
+    // socket.io-client 2.x
+    "error",
+    "connecting",
+    "connect_timeout",
+    "reconnect",
+    "reconnect_attempt",
+    "reconnect_error",
+    "reconnect_failed",
+    "reconnecting",
+    "ping",
+    "pong",
+    // herald
+    "read",
 ];
 
 /// A push as the API receives it.
@@ -176,7 +195,15 @@ impl PushService {
         let Some(key) = req.idempotency_key.clone() else {
             return Ok(self.send(req, target));
         };
-        let fingerprint = fingerprint(&req);
+        if self.store.idempotency_key_used(&key).await? {
+            // Taken by a durable push.
+            return Err(PushError::IdempotencyConflict);
+        }
+        let users = match &target {
+            Target::Users(u) => Some(u.as_slice()),
+            Target::All | Target::Stored(_) => None,
+        };
+        let fingerprint = fingerprint(&req, users, false);
         // The lock is held across the send so that two concurrent retries of one key
         // deliver once.
         let mut idem = self.idempotency.lock();
@@ -221,16 +248,23 @@ impl PushService {
         req: &PushRequest,
         users: Vec<String>,
     ) -> Result<PushResult, PushError> {
+        if let Some(key) = &req.idempotency_key {
+            if self.idempotency.lock().keys.contains_key(key) {
+                // Taken by a volatile push.
+                return Err(PushError::IdempotencyConflict);
+            }
+        }
+        let fingerprint = req
+            .idempotency_key
+            .as_ref()
+            .map(|_| format!("{:016x}", fingerprint(req, Some(&users), true)));
         let msg = NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             ts: crate::store::now_ms(),
             event: req.event.clone(),
             data: req.data.get().to_owned(),
             users,
-            idempotency: req
-                .idempotency_key
-                .clone()
-                .map(|k| (k, format!("{:016x}", fingerprint(req)))),
+            idempotency: req.idempotency_key.clone().zip(fingerprint),
         };
         let stored = self.store.append(msg).await?;
         Ok(PushResult {
@@ -247,8 +281,12 @@ impl PushService {
             return invalid("event must be 1 to 128 characters");
         }
         if RESERVED.contains(&req.event.as_str()) {
-            return invalid("event name is reserved by Socket.IO clients");
+            return Err(PushError::Invalid(format!(
+                "event name `{}` is reserved by Socket.IO clients or herald",
+                req.event
+            )));
         }
+        check_data(req.data.get(), self.config.max_data_depth).map_err(PushError::Invalid)?;
         if let Some(k) = &req.idempotency_key {
             if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
                 return invalid("idempotencyKey must be 1 to 256 characters");
@@ -306,15 +344,102 @@ impl PushService {
     }
 }
 
-fn fingerprint(req: &PushRequest) -> u64 {
+/// What a retried request must repeat to get the first answer: the event, the data (as
+/// a JSON value: key order and whitespace do not count), the set of users (order and
+/// duplicates do not count) or `all`, and whether it is durable. The same key with a
+/// volatile and a durable push is a conflict.
+fn fingerprint(req: &PushRequest, users: Option<&[String]>, durable: bool) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     req.event.hash(&mut h);
-    req.data.get().hash(&mut h);
-    req.to.users.hash(&mut h);
-    req.to.all.hash(&mut h);
-    req.volatile.hash(&mut h);
+    // Checked at validation: the data parses. Objects come out with sorted keys.
+    match serde_json::from_str::<serde_json::Value>(req.data.get()) {
+        Ok(v) => v.to_string().hash(&mut h),
+        Err(_) => req.data.get().hash(&mut h),
+    }
+    // Sorted and without duplicates (see `validate`); `None` is a broadcast.
+    users.hash(&mut h);
+    durable.hash(&mut h);
     h.finish()
+}
+
+/// Checks that a push's `data` can be carried on every path as pushed: nested at most
+/// `max_depth` deep (clients and JSON libraries have recursion limits), numbers that fit
+/// a double (JavaScript would read `1e999999` as `Infinity`), strings of valid Unicode
+/// (no lone surrogate escapes such as `"\ud800"`).
+pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    struct Level(usize);
+
+    impl<'de> DeserializeSeed<'de> for Level {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Level {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(E::custom("number out of range"))
+            }
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let inner = self.deeper::<A::Error>()?;
+            while seq.next_element_seed(Level(inner))?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let inner = self.deeper::<A::Error>()?;
+            while map.next_key_seed(Level(inner))?.is_some() {
+                map.next_value_seed(Level(inner))?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Level {
+        fn deeper<E: serde::de::Error>(&self) -> Result<usize, E> {
+            self.0
+                .checked_sub(1)
+                .ok_or_else(|| E::custom(DEEP))
+        }
+    }
+
+    const DEEP: &str = "nested too deep";
+    let mut de = serde_json::Deserializer::from_str(json);
+    let checked = Level(max_depth)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    checked.map_err(|e| {
+        if e.to_string().starts_with(DEEP) {
+            format!("data nests arrays and objects deeper than {max_depth} levels")
+        } else {
+            format!("data cannot be carried as pushed: {e}")
+        }
+    })
 }
 
 #[cfg(test)]
@@ -404,6 +529,74 @@ mod tests {
                 s.push(req(&other)).await,
                 Err(PushError::IdempotencyConflict)
             );
+        }
+    }
+
+    #[test]
+    fn data_that_a_path_cannot_carry_is_refused() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_data(&deep(64), 64).is_ok());
+        let e = check_data(&deep(65), 64).unwrap_err();
+        assert!(e.contains("deeper than 64"), "{e}");
+        let e = check_data(&deep(10_000), 64).unwrap_err();
+        assert!(e.contains("deeper than 64"), "{e}");
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+        assert!(check_data(&objects, 64).is_err());
+        for bad in [
+            r#""\ud800""#,
+            r#"{"\udc00x":1}"#,
+            "1e999999",
+            "-1e400",
+            r#"[1, 2e308]"#,
+        ] {
+            assert!(check_data(bad, 64).is_err(), "{bad}");
+        }
+        for good in [
+            r#""\ud83d\ude00""#,
+            "1e300",
+            "18446744073709551615",
+            "-9223372036854775808",
+            r#"{"a":[null,true,"x",1.5,{"b":{}}]}"#,
+        ] {
+            assert!(check_data(good, 64).is_ok(), "{good}");
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_ignores_order_and_whitespace_and_separates_kinds() {
+        let s = service().await;
+        for volatile in ["true", "false"] {
+            let key = format!("order-{volatile}");
+            let a = format!(
+                r#"{{"to":{{"users":["a","b"]}},"event":"e","data":{{"x":1,"y":[1,2]}},"volatile":{volatile},"idempotencyKey":"{key}"}}"#
+            );
+            let b = format!(
+                r#"{{"to":{{"users":["b","a","b"]}},"event":"e","data":{{ "y" : [1, 2], "x" : 1 }},"volatile":{volatile},"idempotencyKey":"{key}"}}"#
+            );
+            let first = s.push(req(&a)).await.unwrap();
+            assert_eq!(s.push(req(&b)).await.unwrap(), first);
+        }
+        // One key, one kind: a durable push cannot reuse a volatile one's key, nor the
+        // other way round.
+        let volatile = r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k1"}"#;
+        s.push(req(volatile)).await.unwrap();
+        let durable = r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":"k1"}"#;
+        assert_eq!(s.push(req(durable)).await, Err(PushError::IdempotencyConflict));
+        let durable = r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":"k2"}"#;
+        s.push(req(durable)).await.unwrap();
+        let volatile = r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k2"}"#;
+        assert_eq!(s.push(req(volatile)).await, Err(PushError::IdempotencyConflict));
+    }
+
+    #[tokio::test]
+    async fn reserved_event_names_of_both_client_generations_are_refused() {
+        let s = service().await;
+        for name in ["connect", "error", "reconnect", "ping", "pong", "connect_timeout", "read"] {
+            let body = format!(r#"{{"to":{{"users":["a"]}},"event":"{name}","data":1}}"#);
+            match s.push(req(&body)).await {
+                Err(PushError::Invalid(m)) => assert!(m.contains("reserved"), "{m}"),
+                other => panic!("{name}: {other:?}"),
+            }
         }
     }
 }

@@ -203,6 +203,10 @@ pub(crate) enum ReadOp {
         id: String,
         reply: oneshot::Sender<Result<Option<MessageState>, StoreError>>,
     },
+    IdempotencyKey {
+        key: String,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 /// The durable inbox. Cheap to clone.
@@ -334,6 +338,15 @@ impl Store {
         self.read(|reply| ReadOp::DeviceAcked {
             user: user.to_owned(),
             device: device.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Whether a durable push within the idempotency window used `key`.
+    pub async fn idempotency_key_used(&self, key: &str) -> Result<bool, StoreError> {
+        self.read(|reply| ReadOp::IdempotencyKey {
+            key: key.to_owned(),
             reply,
         })
         .await

@@ -515,6 +515,17 @@ async fn answer(conn: &mut Conn, op: ReadOp) {
         ReadOp::State { id, reply } => {
             let _ = reply.send(state(conn, &id).await);
         }
+        ReadOp::IdempotencyKey { key, reply } => {
+            let r = async {
+                let c = conn.get().await?;
+                let row = c
+                    .query_opt("SELECT 1 FROM idempotency WHERE key = $1", &[&key])
+                    .await?;
+                Ok(row.is_some())
+            }
+            .await;
+            let _ = reply.send(r);
+        }
     }
 }
 

@@ -423,6 +423,13 @@ fn answer(conn: &Connection, op: ReadOp) {
         ReadOp::State { id, reply } => {
             let _ = reply.send(state(conn, &id).map_err(Into::into));
         }
+        ReadOp::IdempotencyKey { key, reply } => {
+            let r = conn
+                .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
+                .and_then(|mut s| s.exists([&key]))
+                .map_err(Into::into);
+            let _ = reply.send(r);
+        }
     }
 }
 
