@@ -293,11 +293,14 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 503 with `degraded` while routing does not work fully (Redis away).
+/// Readiness: 503 with `degraded` while the store cannot write (pushes would be
+/// refused) or routing does not work fully (Redis away).
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let ok = state.router.healthy();
+    let writable = state.store.writable().await;
+    let ok = writable && state.router.healthy();
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
+        "store": {"writable": writable},
         "cluster": state.cluster.as_ref().map(|c| serde_json::json!({"node": c.node(), "redis": c.is_up()})),
     });
     let status = if ok {
@@ -484,7 +487,10 @@ impl Fallback for HttpService {
         if !needs_key(request.uri.path()) || check_key(keys, *open, &request.headers).is_ok() {
             return None;
         }
-        tracing::debug!(path = request.uri.path(), "API request refused: missing or invalid API key");
+        tracing::debug!(
+            path = request.uri.path(),
+            "API request refused: missing or invalid API key"
+        );
         Some(error_response(ApiError::Unauthorized))
     }
 

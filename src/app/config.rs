@@ -304,7 +304,10 @@ impl Config {
             bail!("store.sqlite_sync must be `full` or `normal`");
         }
         if !(1..=100).contains(&self.api.max_data_depth) {
-            bail!("api.max_data_depth must be from 1 to 100, got {}", self.api.max_data_depth);
+            bail!(
+                "api.max_data_depth must be from 1 to 100, got {}",
+                self.api.max_data_depth
+            );
         }
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");

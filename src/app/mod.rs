@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, HttpService};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, OnExpiry};
 use crate::hub::{Hub, ReplayEnd};
 use crate::protocol::{
     Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket, SocketIo,
@@ -30,6 +30,8 @@ struct Client {
     user: String,
     device: Option<String>,
     resume: Resume,
+    /// When the client's token expires (Unix seconds), if it does.
+    expires: Option<u64>,
 }
 
 /// Where a connecting client asked to resume from.
@@ -46,6 +48,8 @@ enum Resume {
 /// The root namespace: every socket joins its user's room in the hub.
 struct Devices {
     auth: Authenticator,
+    /// What happens when a connected client's token expires, and the leeway on `exp`.
+    on_expiry: (OnExpiry, u64),
     hub: Arc<Hub>,
     store: Store,
     router: Arc<dyn Router>,
@@ -89,10 +93,11 @@ fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectErro
 
 impl Handler for Devices {
     fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
-        let user = self
+        let identity = self
             .auth
-            .user(hs)
+            .identify(hs)
             .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
+        let user = identity.user;
         let (resume, device) = resume_of(hs)?;
         let here = self
             .hub
@@ -104,14 +109,25 @@ impl Handler for Devices {
             user,
             device,
             resume,
+            expires: identity.expires,
         });
         Ok(())
     }
 
     fn on_connect(&self, socket: &Socket, _hs: &Handshake<'_>) {
-        let Some(resume) = socket.data::<Client>().map(|c| c.resume) else {
+        let Some(client) = socket.data::<Client>() else {
             return;
         };
+        let resume = client.resume;
+        if let (OnExpiry::Disconnect, leeway) = self.on_expiry {
+            if let Some(exp) = client.expires {
+                let now = crate::store::now_ms() / 1000;
+                let left = exp.saturating_add(leeway).saturating_sub(now);
+                socket
+                    .session()
+                    .expire_after(std::time::Duration::from_secs(left));
+            }
+        }
         let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());
         if resume != Resume::Live {
             tokio::spawn(async move { resume_from(hub, store, socket, resume).await });
@@ -275,6 +291,7 @@ impl Node {
         ));
         let devices = Arc::new(Devices {
             auth,
+            on_expiry: (config.auth.on_expiry, config.auth.leeway_secs),
             hub: hub.clone(),
             store: store.clone(),
             router: router.clone(),

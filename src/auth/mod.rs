@@ -21,6 +21,28 @@ pub struct AuthConfig {
     pub jwt_algorithm: String,
     /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 0.
     pub leeway_secs: u64,
+    /// The `iss` a token must carry; empty: not checked. Default empty.
+    pub issuer: String,
+    /// An `aud` a token must carry; empty: not checked. Default empty.
+    pub audience: String,
+    /// What happens to a connection whose token expires while it is connected. Default
+    /// `keep`.
+    pub on_expiry: OnExpiry,
+}
+
+/// What happens to a connection when its token expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpiry {
+    /// The token is checked at connect only; the connection stays open. A client that
+    /// reconnects later needs a valid token again.
+    #[default]
+    Keep,
+    /// The connection is closed at the token's `exp` (plus `leeway_secs`): the client
+    /// sees a transport close, reconnects by itself, and is admitted again only with a
+    /// fresh token (socket.io-client 4.x: pass `auth` as a callback that fetches one);
+    /// with the old one it gets `connect_error` "unauthorized: token expired".
+    Disconnect,
 }
 
 /// Why a client was refused; shown to it as `unauthorized: <reason>`.
@@ -68,6 +90,14 @@ pub struct Authenticator {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+}
+
+/// Who a client is, and until when (Unix seconds; none in development mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub expires: Option<u64>,
 }
 
 impl Authenticator {
@@ -109,6 +139,18 @@ impl Authenticator {
         validation.leeway = cfg.leeway_secs;
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        if !cfg.issuer.is_empty() {
+            validation.set_issuer(&[&cfg.issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if cfg.audience.is_empty() {
+            // Tokens made for several services carry an `aud`; it is not ours to check
+            // unless asked to.
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[&cfg.audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
         Ok(Authenticator {
             mode: Mode::Jwt {
                 key,
@@ -124,11 +166,19 @@ impl Authenticator {
 
     /// The user id of a connecting client.
     pub fn user(&self, hs: &Handshake<'_>) -> Result<String, AuthError> {
+        self.identify(hs).map(|i| i.user)
+    }
+
+    /// Who a connecting client is and when its credentials expire.
+    pub fn identify(&self, hs: &Handshake<'_>) -> Result<Identity, AuthError> {
         match &self.mode {
             Mode::None => Err(AuthError::NotConfigured),
             Mode::Dev => {
                 let user = credential(hs, "userId").ok_or(AuthError::Missing)?;
-                check_user(user)
+                Ok(Identity {
+                    user: check_user(user)?,
+                    expires: None,
+                })
             }
             Mode::Jwt { key, validation } => {
                 let token = credential(hs, "token").ok_or(AuthError::Missing)?;
@@ -139,7 +189,10 @@ impl Authenticator {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                         _ => AuthError::Invalid,
                     })?;
-                check_user(data.claims.sub)
+                Ok(Identity {
+                    user: check_user(data.claims.sub)?,
+                    expires: Some(data.claims.exp),
+                })
             }
         }
     }
@@ -247,5 +300,61 @@ mod tests {
             none.user(&hs(Some("{\"userId\":\"u1\"}"), "")),
             Err(AuthError::NotConfigured)
         );
+    }
+
+    fn token_with(claims: serde_json::Value) -> String {
+        let auth = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        format!("{{\"token\":\"{auth}\"}}")
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_set() {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let plain = hmac();
+        let with_aud = token_with(serde_json::json!({"sub": "a", "exp": exp, "aud": "other"}));
+        let id = plain.identify(&hs(Some(&with_aud), "")).unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                user: "a".into(),
+                expires: Some(exp)
+            },
+            "aud is ignored unless configured"
+        );
+        let strict = Authenticator::new(
+            &AuthConfig {
+                jwt_secret: "s3cret".into(),
+                issuer: "https://id.example".into(),
+                audience: "herald".into(),
+                ..AuthConfig::default()
+            },
+            false,
+        )
+        .unwrap();
+        let good = token_with(
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "herald"}),
+        );
+        assert_eq!(strict.user(&hs(Some(&good), "")).unwrap(), "a");
+        for bad in [
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "herald"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "other"}),
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "herald"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example"}),
+        ] {
+            assert_eq!(
+                strict.user(&hs(Some(&token_with(bad.clone())), "")),
+                Err(AuthError::Invalid),
+                "{bad}"
+            );
+        }
     }
 }

@@ -120,6 +120,53 @@ struct Member {
     floor: u64,
     /// Set while the connection replays stored messages: live stored messages wait here.
     replay: Option<Box<Replay>>,
+    /// The stored seqs queued to this connection: the only ones it may acknowledge.
+    sent: Sent,
+}
+
+/// The stored seqs queued to one connection, as ranges. A connection is sent a run of
+/// consecutive seqs (from where it resumed, or joined, on), so this is almost always
+/// one range; a message its full queue refused starts another.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The latest range, `first..=last`; none while `first` is 0 (seqs start at 1).
+    first: u64,
+    last: u64,
+    /// Earlier ranges, oldest first, at most [`MAX_SENT_RANGES`]: acks for ranges
+    /// forgotten beyond that are ignored, the safe side (a redelivery, never a loss).
+    older: Option<Box<Vec<(u64, u64)>>>,
+}
+
+/// Earlier ranges of sent seqs kept per connection.
+const MAX_SENT_RANGES: usize = 16;
+
+impl Sent {
+    fn record(&mut self, seq: u64) {
+        if self.first != 0 {
+            if seq == self.last + 1 {
+                self.last = seq;
+                return;
+            }
+            if (self.first..=self.last).contains(&seq) {
+                return;
+            }
+            let older = self.older.get_or_insert_with(Box::default);
+            if older.len() == MAX_SENT_RANGES {
+                older.remove(0);
+            }
+            older.push((self.first, self.last));
+        }
+        self.first = seq;
+        self.last = seq;
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        (self.first != 0 && (self.first..=self.last).contains(&seq))
+            || self
+                .older
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|&(a, b)| (a..=b).contains(&seq)))
+    }
 }
 
 /// Live stored messages held during a replay.
@@ -246,6 +293,7 @@ impl Hub {
             last_seq: 0,
             floor: 0,
             replay: resuming.then(Box::default),
+            sent: Sent::default(),
         };
         let mut shard = self.shard(user).lock();
         if let Some(members) = shard.get_mut(user) {
@@ -489,7 +537,16 @@ impl Hub {
             return Offer::Gap(m.last_seq);
         }
         m.last_seq = seq;
-        Offer::Queued(self.send(std::iter::once(&m.socket), packets))
+        Offer::Queued(self.send_stored(m, seq, packets))
+    }
+
+    /// Sends one stored message to one connection and notes that it did.
+    fn send_stored(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> usize {
+        let n = self.send(std::iter::once(&m.socket), packets);
+        if n > 0 {
+            m.sent.record(seq);
+        }
+        n
     }
 
     /// Sends a page of stored messages to a replaying connection, skipping what it
@@ -513,7 +570,7 @@ impl Hub {
             }
             let packets = encode_stored(&msg.id, msg.seq, msg.ts, &msg.event, msg.data.get());
             m.last_seq = msg.seq;
-            self.send(std::iter::once(&m.socket), &packets);
+            self.send_stored(m, msg.seq, &packets);
         }
         true
     }
@@ -540,20 +597,20 @@ impl Hub {
         for (seq, packets) in held {
             if seq > m.last_seq {
                 m.last_seq = seq;
-                self.send(std::iter::once(&m.socket), &packets);
+                self.send_stored(m, seq, &packets);
             }
         }
         ReplayEnd::Live
     }
 
-    /// Whether `seq` has been sent to this connection (acks for anything else are
-    /// ignored).
+    /// Whether `seq` has been queued to this connection (acks for anything else are
+    /// ignored: a client cannot mark delivered what it was never sent).
     pub fn was_sent(&self, user: &str, socket: &Socket, seq: u64) -> bool {
         let shard = self.shard(user).lock();
         shard
             .get(user)
             .and_then(|ms| ms.iter().find(|m| &m.socket == socket))
-            .is_some_and(|m| seq <= m.last_seq)
+            .is_some_and(|m| m.sent.contains(seq))
     }
 
     /// Tells a user's connections (but `except`) that they have read up to `up_to`.
@@ -583,5 +640,32 @@ impl Hub {
         }
         self.metrics.deliveries.add(ok as u64);
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sent;
+
+    #[test]
+    fn sent_seqs_are_ranges_and_only_they_count() {
+        let mut s = Sent::default();
+        assert!(!s.contains(0) && !s.contains(1));
+        // Resumed after 3: sent 4 and 5.
+        s.record(4);
+        s.record(5);
+        assert!(!s.contains(1) && !s.contains(2) && !s.contains(3));
+        assert!(s.contains(4) && s.contains(5) && !s.contains(6));
+        // 6 was refused by a full queue; 7 and 8 went out.
+        s.record(7);
+        s.record(8);
+        assert!(s.contains(5) && !s.contains(6) && s.contains(7) && s.contains(8));
+        // Bounded: the oldest ranges are forgotten.
+        for i in 0..40 {
+            s.record(100 + 2 * i);
+        }
+        assert!(!s.contains(4), "the oldest ranges are dropped");
+        assert!(s.contains(178));
+        assert!(s.older.as_ref().unwrap().len() <= super::MAX_SENT_RANGES);
     }
 }

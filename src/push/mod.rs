@@ -422,9 +422,7 @@ pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
 
     impl Level {
         fn deeper<E: serde::de::Error>(&self) -> Result<usize, E> {
-            self.0
-                .checked_sub(1)
-                .ok_or_else(|| E::custom(DEEP))
+            self.0.checked_sub(1).ok_or_else(|| E::custom(DEEP))
         }
     }
 
@@ -578,20 +576,36 @@ mod tests {
         }
         // One key, one kind: a durable push cannot reuse a volatile one's key, nor the
         // other way round.
-        let volatile = r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k1"}"#;
+        let volatile =
+            r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k1"}"#;
         s.push(req(volatile)).await.unwrap();
         let durable = r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":"k1"}"#;
-        assert_eq!(s.push(req(durable)).await, Err(PushError::IdempotencyConflict));
+        assert_eq!(
+            s.push(req(durable)).await,
+            Err(PushError::IdempotencyConflict)
+        );
         let durable = r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":"k2"}"#;
         s.push(req(durable)).await.unwrap();
-        let volatile = r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k2"}"#;
-        assert_eq!(s.push(req(volatile)).await, Err(PushError::IdempotencyConflict));
+        let volatile =
+            r#"{"to":{"users":["a"]},"event":"e","data":1,"volatile":true,"idempotencyKey":"k2"}"#;
+        assert_eq!(
+            s.push(req(volatile)).await,
+            Err(PushError::IdempotencyConflict)
+        );
     }
 
     #[tokio::test]
     async fn reserved_event_names_of_both_client_generations_are_refused() {
         let s = service().await;
-        for name in ["connect", "error", "reconnect", "ping", "pong", "connect_timeout", "read"] {
+        for name in [
+            "connect",
+            "error",
+            "reconnect",
+            "ping",
+            "pong",
+            "connect_timeout",
+            "read",
+        ] {
             let body = format!(r#"{{"to":{{"users":["a"]}},"event":"{name}","data":1}}"#);
             match s.push(req(&body)).await {
                 Err(PushError::Invalid(m)) => assert!(m.contains("reserved"), "{m}"),

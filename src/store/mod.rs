@@ -180,6 +180,8 @@ pub(crate) enum WriteOp {
         at: u64,
     },
     Sweep(Retention, oneshot::Sender<Result<u64, StoreError>>),
+    /// A write that changes nothing, to learn whether the store can write now.
+    Probe(oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// Reads, answered by the reader.
@@ -215,7 +217,51 @@ pub struct Store {
     writes: mpsc::Sender<WriteOp>,
     reads: mpsc::Sender<ReadOp>,
     config: Arc<StoreConfig>,
+    health: Arc<Health>,
 }
+
+/// Whether the store can write, as its commits (and probes) last found.
+#[derive(Debug)]
+pub(crate) struct Health {
+    writable: std::sync::atomic::AtomicBool,
+    /// Unix ms of the last commit that succeeded.
+    last_ok: std::sync::atomic::AtomicU64,
+    /// The last probe: when (Unix ms) and its answer. One probe at a time; its answer
+    /// serves every readiness check for a second.
+    probe: tokio::sync::Mutex<(u64, bool)>,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            writable: true.into(),
+            last_ok: 0.into(),
+            probe: tokio::sync::Mutex::new((0, true)),
+        }
+    }
+
+    fn ok(&self) {
+        use std::sync::atomic::Ordering;
+        self.last_ok.store(now_ms(), Ordering::Relaxed);
+        if !self.writable.swap(true, Ordering::Relaxed) {
+            tracing::info!("the store writes again; pushes are accepted");
+        }
+    }
+
+    fn failed(&self, err: &StoreError) {
+        use std::sync::atomic::Ordering;
+        if self.writable.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %err, "the store cannot write: pushes are refused (503) and /readyz fails until it can");
+        } else {
+            tracing::error!(error = %err, "store commit failed");
+        }
+    }
+}
+
+/// How long a probe's answer (or a commit's success) stands for readiness checks.
+const PROBE_FRESH_MS: u64 = 1000;
+/// How long a probe may take before the store counts as unable to write.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Queue lengths in front of the writer and the reader.
 const QUEUE: usize = 8192;
@@ -229,10 +275,11 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let (wtx, wrx) = mpsc::channel(QUEUE);
         let (rtx, rrx) = mpsc::channel(QUEUE);
+        let health = Arc::new(Health::new());
         if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
-            postgres::start(&config, wrx, rrx, committed).await?;
+            postgres::start(&config, wrx, rrx, committed, health.clone()).await?;
         } else if config.url.is_empty() || config.url.starts_with("sqlite:") {
-            sqlite::start(&config, wrx, rrx, committed)?;
+            sqlite::start(&config, wrx, rrx, committed, health.clone())?;
         } else {
             return Err(StoreError::Backend(format!(
                 "store.url must be postgres://… or empty, got `{}`",
@@ -243,7 +290,27 @@ impl Store {
             writes: wtx,
             reads: rtx,
             config: Arc::new(config),
+            health,
         })
+    }
+
+    /// Whether the store can write now: yes if a commit succeeded within the last
+    /// second, else as a probe write finds (at most one a second, shared by callers).
+    pub async fn writable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let h = &self.health;
+        let fresh = |at: u64| now_ms().saturating_sub(at) < PROBE_FRESH_MS;
+        if h.writable.load(Ordering::Relaxed) && fresh(h.last_ok.load(Ordering::Relaxed)) {
+            return true;
+        }
+        let mut last = h.probe.lock().await;
+        if fresh(last.0) {
+            return last.1;
+        }
+        let probe = self.write(WriteOp::Probe);
+        let ok = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
+        *last = (now_ms(), ok);
+        ok
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -422,7 +489,7 @@ pub(crate) fn pending(op: WriteOp) -> Done {
         WriteOp::Append(_, reply) => Done::Append(reply, Err(StoreError::Closed), None),
         WriteOp::Read { reply, .. } => Done::Read(reply, 0),
         WriteOp::Delivered { .. } => Done::Nothing,
-        WriteOp::Sweep(_, reply) => Done::Sweep(reply, 0),
+        WriteOp::Sweep(_, reply) | WriteOp::Probe(reply) => Done::Sweep(reply, 0),
     }
 }
 
@@ -431,10 +498,12 @@ pub(crate) fn pending(op: WriteOp) -> Done {
 pub(crate) fn settle(
     done: Vec<Done>,
     result: Result<(), StoreError>,
+    health: &Health,
     mut forward: impl FnMut(Arc<Message>),
 ) {
     match result {
         Ok(()) => {
+            health.ok();
             for d in done {
                 match d {
                     Done::Append(reply, r, msg) => {
@@ -451,7 +520,7 @@ pub(crate) fn settle(
             }
         }
         Err(err) => {
-            tracing::error!(error = %err, "store commit failed");
+            health.failed(&err);
             for d in done {
                 match d {
                     Done::Append(reply, _, _) => {

@@ -94,6 +94,7 @@ pub(super) async fn start(
     mut writes: mpsc::Receiver<WriteOp>,
     mut reads: mpsc::Receiver<ReadOp>,
     committed: mpsc::Sender<Arc<Message>>,
+    health: Arc<super::Health>,
 ) -> Result<(), StoreError> {
     let mut first = connect(&cfg.url).await?;
     migrate(&mut first).await?;
@@ -117,7 +118,7 @@ pub(super) async fn start(
                 }
             }
             let mut forward = Vec::new();
-            commit(&mut writer, &mut batch, &mut forward).await;
+            commit(&mut writer, &mut batch, &health, &mut forward).await;
             for m in forward {
                 // Commit order is delivery order.
                 let _ = committed.send(m).await;
@@ -132,7 +133,12 @@ pub(super) async fn start(
     Ok(())
 }
 
-async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc<Message>>) {
+async fn commit(
+    conn: &mut Conn,
+    batch: &mut Vec<WriteOp>,
+    health: &super::Health,
+    forward: &mut Vec<Arc<Message>>,
+) {
     // Appends without an idempotency key, and acks, are written with one statement per
     // table for the whole batch; other ops one by one, pipelined.
     let mut appends = Vec::new();
@@ -211,7 +217,7 @@ async fn commit(conn: &mut Conn, batch: &mut Vec<WriteOp>, forward: &mut Vec<Arc
             Err(e)
         }
     };
-    settle(done, result, |m| forward.push(m));
+    settle(done, result, health, |m| forward.push(m));
 }
 
 /// One device's ack, as the batch writes it.
@@ -381,6 +387,13 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
         }
         WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
+            Err(e) => Err((Done::Sweep(reply, 0), e)),
+        },
+        WriteOp::Probe(reply) => match tx
+            .execute("UPDATE herald_schema SET version = version", &[])
+            .await
+        {
+            Ok(_) => Ok(Done::Sweep(reply, 0)),
             Err(e) => Err((Done::Sweep(reply, 0), e)),
         },
     }

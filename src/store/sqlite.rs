@@ -63,6 +63,7 @@ pub(super) fn start(
     mut writes: mpsc::Receiver<WriteOp>,
     mut reads: mpsc::Receiver<ReadOp>,
     committed: mpsc::Sender<Arc<Message>>,
+    health: Arc<super::Health>,
 ) -> Result<(), StoreError> {
     let target = cfg.url.strip_prefix("sqlite:").unwrap_or("");
     // `:memory:` is a throwaway database (tests, trials): a WAL file in the temporary
@@ -87,6 +88,7 @@ pub(super) fn start(
     };
     let mut writer = open(&path, uri, &cfg.sqlite_sync)?;
     migrate(&mut writer)?;
+    let mut file = FileIdentity::of(&path)?;
     let reader = open(&path, uri, &cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
@@ -95,7 +97,7 @@ pub(super) fn start(
     tokio::spawn(async move {
         let mut forward = Vec::new();
         while let Some((done, result)) = to_settle.recv().await {
-            settle(done, result, |m| forward.push(m));
+            settle(done, result, &health, |m| forward.push(m));
             for m in forward.drain(..) {
                 // Commit order is delivery order: wait rather than reorder.
                 let _ = committed.send(m).await;
@@ -114,7 +116,16 @@ pub(super) fn start(
                     std::thread::sleep(delay);
                     drain(&mut writes, &mut batch, max_batch);
                 }
-                let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
+                let (done, result) = match file.check() {
+                    // Committing to a file no longer in place would lose the batch
+                    // silently: refuse it instead.
+                    Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
+                    Ok(()) => {
+                        let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
+                        // Removed or replaced during the commit: it went to a lost file.
+                        (done, result.and_then(|()| file.check()))
+                    }
+                };
                 if settled.send((done, result)).is_err() {
                     break;
                 }
@@ -138,6 +149,48 @@ pub(super) fn start(
         })
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     Ok(())
+}
+
+/// Which file the writer opened, to notice when the database at its path is removed or
+/// replaced under the running process (SQLite would go on writing to the unlinked file,
+/// and every push acknowledged meanwhile would be lost at the next start).
+struct FileIdentity {
+    path: String,
+    dev: u64,
+    ino: u64,
+    /// Once the file is found gone or replaced, it stays so until herald restarts.
+    lost: bool,
+}
+
+impl FileIdentity {
+    fn of(path: &str) -> Result<FileIdentity, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)
+            .map_err(|e| StoreError::Backend(format!("cannot stat the database {path}: {e}")))?;
+        Ok(FileIdentity {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+            lost: false,
+        })
+    }
+
+    fn check(&mut self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.lost {
+            self.lost = std::fs::metadata(&self.path)
+                .map_or(true, |m| m.dev() != self.dev || m.ino() != self.ino);
+        }
+        if self.lost {
+            return Err(StoreError::Backend(format!(
+                "the database file {} was removed or replaced while herald ran; \
+                 nothing more is written to it: restore it, or restart herald to open \
+                 the file now at that path",
+                self.path
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Adds whatever operations are waiting to `batch`, up to `max`.
@@ -257,6 +310,11 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
         },
         WriteOp::Sweep(r, reply) => match sweep(tx, r) {
             Ok(n) => Ok(Done::Sweep(reply, n)),
+            Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
+        },
+        WriteOp::Probe(reply) => match tx.execute("UPDATE herald_schema SET version = version", [])
+        {
+            Ok(_) => Ok(Done::Sweep(reply, 0)),
             Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
         },
     }

@@ -21,8 +21,8 @@ pub mod session;
 mod websocket;
 
 pub use config::{EngineConfig, OverflowPolicy};
-pub use limits::{check_exemptions, CidrError};
 pub use engine::{Engine, EngineHandler, Metrics, OpenRequest};
+pub use limits::{check_exemptions, CidrError};
 pub use packet::{Eio, Outbound};
 pub use server::{serve, Fallback};
 pub use session::{CloseReason, Connection, Message, MessageError, SendError, Session, Sid};

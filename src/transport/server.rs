@@ -471,8 +471,11 @@ async fn fallback(
     }
     let response = match read_body(engine, stream, head, buf, f.max_body()).await {
         Ok(body) => {
-            f.call(http_types::Request::from_parts(parts, bytes::Bytes::from(body)))
-                .await
+            f.call(http_types::Request::from_parts(
+                parts,
+                bytes::Bytes::from(body),
+            ))
+            .await
         }
         Err(BodyError::TooLarge) => {
             let r = f.too_large();

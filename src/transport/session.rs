@@ -92,6 +92,8 @@ pub enum CloseReason {
     HandshakeTimeout,
     /// The server closed the session (kick, shutdown).
     ServerClose,
+    /// The client's credentials expired and the server is set to end such sessions.
+    CredentialsExpired,
 }
 
 impl CloseReason {
@@ -105,6 +107,7 @@ impl CloseReason {
             CloseReason::QueueOverflow => "queue overflow",
             CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::ServerClose => "server close",
+            CloseReason::CredentialsExpired => "credentials expired",
         }
     }
 }
@@ -206,8 +209,11 @@ pub struct Session {
     /// Engine-clock ms by which the client must show life (pong, v3 ping), or by which a
     /// closing session must have flushed.
     deadline: AtomicU64,
-    /// Engine-clock ms at which the layer above gives up (Socket.IO connect timeout).
+    /// Engine-clock ms at which the layer above gives up (Socket.IO connect timeout, or
+    /// the client's credentials expiring).
     app_deadline: AtomicU64,
+    /// Why the session closes at `app_deadline`: set with it.
+    app_reason: std::sync::atomic::AtomicBool,
     /// The layer above's state; set once, right after the session opens.
     conn: OnceLock<Box<dyn Connection>>,
 }
@@ -268,6 +274,7 @@ impl Session {
             ping_due: AtomicU64::new(ping_due),
             deadline: AtomicU64::new(deadline),
             app_deadline: AtomicU64::new(NEVER),
+            app_reason: false.into(),
             conn: OnceLock::new(),
         })
     }
@@ -311,6 +318,18 @@ impl Session {
             Some(d) => self.engine.now_ms().saturating_add(d.as_millis() as u64),
             None => NEVER,
         };
+        self.app_reason.store(false, Ordering::Relaxed);
+        self.app_deadline.store(at, Ordering::Relaxed);
+    }
+
+    /// Closes the session with [`CloseReason::CredentialsExpired`] once `after` has
+    /// passed (replacing any earlier deadline).
+    pub fn expire_after(&self, after: std::time::Duration) {
+        let at = self
+            .engine
+            .now_ms()
+            .saturating_add(after.as_millis().min(u64::MAX as u128) as u64);
+        self.app_reason.store(true, Ordering::Relaxed);
         self.app_deadline.store(at, Ordering::Relaxed);
     }
 
@@ -568,7 +587,11 @@ impl Session {
             return;
         }
         if now >= self.app_deadline.load(Ordering::Relaxed) {
-            self.close(CloseReason::HandshakeTimeout);
+            self.close(if self.app_reason.load(Ordering::Relaxed) {
+                CloseReason::CredentialsExpired
+            } else {
+                CloseReason::HandshakeTimeout
+            });
             return;
         }
         let ping_due = self.ping_due.load(Ordering::Relaxed);

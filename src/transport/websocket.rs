@@ -492,7 +492,7 @@ impl Driver {
 fn close_code(reason: CloseReason) -> u16 {
     match reason {
         CloseReason::ParseError => frame::CLOSE_PROTOCOL,
-        CloseReason::QueueOverflow => frame::CLOSE_POLICY,
+        CloseReason::QueueOverflow | CloseReason::CredentialsExpired => frame::CLOSE_POLICY,
         CloseReason::ServerClose => frame::CLOSE_GOING_AWAY,
         _ => frame::CLOSE_NORMAL,
     }
