@@ -30,3 +30,13 @@ fn engine_corpus_decodes_without_panicking() {
 fn socketio_corpus_decodes_without_panicking() {
     assert!(replay("socketio_packet", herald::fuzzing::socketio) > 0);
 }
+
+#[test]
+fn http_stream_corpus_reads_without_panicking() {
+    assert!(replay("http_stream", herald::fuzzing::http_stream) > 0);
+}
+
+#[test]
+fn websocket_stream_corpus_reads_without_panicking() {
+    assert!(replay("websocket_stream", herald::fuzzing::websocket_stream) > 0);
+}

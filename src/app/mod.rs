@@ -121,11 +121,16 @@ impl Handler for Devices {
         let resume = client.resume;
         if let (OnExpiry::Disconnect, leeway) = self.on_expiry {
             if let Some(exp) = client.expires {
-                let now = crate::store::now_ms() / 1000;
-                let left = exp.saturating_add(leeway).saturating_sub(now);
+                // A token is good through its `exp` second (as the check at connect
+                // counts it), so the connection ends as the next one begins.
+                let end_ms = exp
+                    .saturating_add(leeway)
+                    .saturating_add(1)
+                    .saturating_mul(1000);
+                let left = end_ms.saturating_sub(crate::store::now_ms());
                 socket
                     .session()
-                    .expire_after(std::time::Duration::from_secs(left));
+                    .expire_after(std::time::Duration::from_millis(left));
             }
         }
         let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());

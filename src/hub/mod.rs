@@ -134,7 +134,7 @@ struct Sent {
     last: u64,
     /// Earlier ranges, oldest first, at most [`MAX_SENT_RANGES`]: acks for ranges
     /// forgotten beyond that are ignored, the safe side (a redelivery, never a loss).
-    older: Option<Box<Vec<(u64, u64)>>>,
+    older: Option<Box<[(u64, u64)]>>,
 }
 
 /// Earlier ranges of sent seqs kept per connection.
@@ -150,11 +150,14 @@ impl Sent {
             if (self.first..=self.last).contains(&seq) {
                 return;
             }
-            let older = self.older.get_or_insert_with(Box::default);
+            // Rare (a message refused by a full queue), so the list is rebuilt rather
+            // than kept with room to grow: it costs an idle connection nothing.
+            let mut older = self.older.take().map_or_else(Vec::new, Vec::from);
             if older.len() == MAX_SENT_RANGES {
                 older.remove(0);
             }
             older.push((self.first, self.last));
+            self.older = Some(older.into_boxed_slice());
         }
         self.first = seq;
         self.last = seq;

@@ -432,10 +432,19 @@ pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
         .deserialize(&mut de)
         .and_then(|()| de.end());
     checked.map_err(|e| {
-        if e.to_string().starts_with(DEEP) {
-            format!("data nests arrays and objects deeper than {max_depth} levels")
+        let detail = e.to_string();
+        if detail.starts_with(DEEP) {
+            format!("data nests arrays and objects deeper than {max_depth} levels (api.max_data_depth)")
+        } else if detail.contains("surrogate") || detail.contains("hex escape") {
+            format!(
+                "data holds a lone UTF-16 surrogate escape such as \\ud800, which is not Unicode text: {detail}"
+            )
+        } else if detail.contains("out of range") {
+            format!(
+                "data holds a number out of range of a double (JavaScript would read it as Infinity): {detail}"
+            )
         } else {
-            format!("data cannot be carried as pushed: {e}")
+            format!("data is not valid JSON: {detail}")
         }
     })
 }

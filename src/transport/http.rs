@@ -179,45 +179,119 @@ pub enum Chunked {
 
 /// Decodes a chunked body at the start of `buf`, refusing bodies over `max` bytes.
 pub fn decode_chunked(buf: &[u8], max: usize) -> Chunked {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        let Some(line_end) = find_crlf(&buf[pos..]) else {
-            return if buf.len() - pos > 32 {
-                Chunked::Malformed
-            } else {
-                Chunked::Incomplete
+    ChunkedBody::default().step(buf, max)
+}
+
+/// A chunked body decoded as its bytes arrive: each step resumes after the chunks
+/// already decoded, so a body that trickles in costs time in its length, not its
+/// square.
+#[derive(Debug, Default)]
+pub struct ChunkedBody {
+    out: Vec<u8>,
+    /// Bytes at the start of the buffer taken by whole chunks already decoded.
+    pos: usize,
+}
+
+impl ChunkedBody {
+    /// Decodes what `buf` (which starts where the body starts) adds.
+    pub fn step(&mut self, buf: &[u8], max: usize) -> Chunked {
+        loop {
+            let pos = self.pos;
+            let Some(line_end) = find_crlf(&buf[pos..]) else {
+                return if buf.len() - pos > 32 {
+                    Chunked::Malformed
+                } else {
+                    Chunked::Incomplete
+                };
             };
-        };
-        let line = &buf[pos..pos + line_end];
-        let size_part = line.split(|b| *b == b';').next().unwrap_or_default();
-        let Ok(size_str) = std::str::from_utf8(size_part) else {
-            return Chunked::Malformed;
-        };
-        let Ok(size) = usize::from_str_radix(size_str.trim(), 16) else {
-            return Chunked::Malformed;
-        };
-        pos += line_end + 2;
-        if size == 0 {
-            // Trailers are not used by clients; expect the final CRLF.
-            return match buf.get(pos..pos + 2) {
-                Some(b"\r\n") => Chunked::Done(out, pos + 2),
-                Some(_) => Chunked::Malformed,
-                None => Chunked::Incomplete,
+            let line = &buf[pos..pos + line_end];
+            let size_part = line.split(|b| *b == b';').next().unwrap_or_default();
+            let Ok(size_str) = std::str::from_utf8(size_part) else {
+                return Chunked::Malformed;
             };
+            let Ok(size) = usize::from_str_radix(size_str.trim(), 16) else {
+                return Chunked::Malformed;
+            };
+            let data = pos + line_end + 2;
+            if size == 0 {
+                // Trailers are not used by clients; expect the final CRLF.
+                return match buf.get(data..data + 2) {
+                    Some(b"\r\n") => Chunked::Done(std::mem::take(&mut self.out), data + 2),
+                    Some(_) => Chunked::Malformed,
+                    None => Chunked::Incomplete,
+                };
+            }
+            if self.out.len().saturating_add(size) > max {
+                return Chunked::TooLarge;
+            }
+            let Some(bytes) = buf.get(data..data + size) else {
+                return Chunked::Incomplete;
+            };
+            match buf.get(data + size..data + size + 2) {
+                Some(b"\r\n") => {}
+                Some(_) => return Chunked::Malformed,
+                None => return Chunked::Incomplete,
+            }
+            self.out.extend_from_slice(bytes);
+            self.pos = data + size + 2;
         }
-        if out.len() + size > max {
-            return Chunked::TooLarge;
+    }
+}
+
+/// Reads a request body out of the connection's buffer as it arrives.
+#[derive(Debug)]
+pub enum BodyReader {
+    /// `Content-Length` bytes (0 without one).
+    Length(usize),
+    Chunked(ChunkedBody),
+}
+
+/// Where a body stands after a [`BodyReader::step`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyStep {
+    /// The whole body, taken out of the buffer.
+    Done(Vec<u8>),
+    /// More bytes are needed.
+    Incomplete,
+    TooLarge,
+    Malformed,
+}
+
+impl BodyReader {
+    pub fn new(head: &Head) -> BodyReader {
+        if head.chunked {
+            BodyReader::Chunked(ChunkedBody::default())
+        } else {
+            BodyReader::Length(head.content_length.unwrap_or(0))
         }
-        let Some(data) = buf.get(pos..pos + size) else {
-            return Chunked::Incomplete;
-        };
-        out.extend_from_slice(data);
-        pos += size;
-        match buf.get(pos..pos + 2) {
-            Some(b"\r\n") => pos += 2,
-            Some(_) => return Chunked::Malformed,
-            None => return Chunked::Incomplete,
+    }
+
+    /// The body's size as far as it is known: its length, or the bytes so far.
+    pub fn size(&self, buf: &[u8]) -> usize {
+        match self {
+            BodyReader::Length(n) => *n,
+            BodyReader::Chunked(_) => buf.len(),
+        }
+    }
+
+    /// Takes the body out of `buf` (which starts where it starts) once it is whole.
+    pub fn step(&mut self, buf: &mut Vec<u8>, max: usize) -> BodyStep {
+        match self {
+            BodyReader::Length(n) if *n > max => BodyStep::TooLarge,
+            BodyReader::Length(n) if buf.len() < *n => BodyStep::Incomplete,
+            BodyReader::Length(n) => {
+                let rest = buf.split_off(*n);
+                BodyStep::Done(std::mem::replace(buf, rest))
+            }
+            BodyReader::Chunked(c) => match c.step(buf, max) {
+                Chunked::Done(body, used) => {
+                    buf.drain(..used);
+                    BodyStep::Done(body)
+                }
+                Chunked::Incomplete => BodyStep::Incomplete,
+                Chunked::TooLarge => BodyStep::TooLarge,
+                Chunked::Malformed => BodyStep::Malformed,
+            },
         }
     }
 }

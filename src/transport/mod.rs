@@ -3,6 +3,7 @@
 //!
 //! - [`packet`]: packets and polling payloads;
 //! - [`frame`]: WebSocket frames;
+//! - `frame_reader`: a WebSocket byte stream read into messages;
 //! - [`http`]: the bit of HTTP/1.1 Engine.IO needs;
 //! - [`session`]: one client session and its bounded outbound queue;
 //! - [`engine`]: the session registry, heartbeat walker, counters;
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod engine;
 pub mod frame;
+pub(crate) mod frame_reader;
 pub mod http;
 mod limits;
 pub mod packet;

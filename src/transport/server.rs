@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::engine::{Engine, EngineInner, OpenRequest};
 use super::frame;
-use super::http::{self, Chunked, Head, HeadError, Method, Response};
+use super::http::{self, BodyReader, BodyStep, Head, HeadError, Method, Response};
 use super::packet::{self, Eio, Outbound};
 use super::session::{CloseReason, GetReply, Session};
 use super::websocket;
@@ -767,32 +767,18 @@ async fn read_body(
             }
         }
     }
-    if head.chunked {
-        loop {
-            match http::decode_chunked(buf, max) {
-                Chunked::Done(body, used) => {
-                    buf.drain(..used);
-                    return Ok(body);
-                }
-                Chunked::TooLarge => return Err(BodyError::TooLarge),
-                Chunked::Malformed => return Err(BodyError::Malformed),
-                Chunked::Incomplete => {
-                    let at = deadline(buf.len());
-                    read(engine, stream, buf, at).await?
-                }
+    let mut body = BodyReader::new(head);
+    loop {
+        match body.step(buf, max) {
+            BodyStep::Done(b) => return Ok(b),
+            BodyStep::TooLarge => return Err(BodyError::TooLarge),
+            BodyStep::Malformed => return Err(BodyError::Malformed),
+            BodyStep::Incomplete => {
+                let at = deadline(body.size(buf));
+                read(engine, stream, buf, at).await?
             }
         }
     }
-    let len = head.content_length.unwrap_or(0);
-    if len > max {
-        return Err(BodyError::TooLarge);
-    }
-    let at = deadline(len);
-    while buf.len() < len {
-        read(engine, stream, buf, at).await?;
-    }
-    let rest = buf.split_off(len);
-    Ok(std::mem::replace(buf, rest))
 }
 
 /// Answers a WebSocket upgrade and hands the connection to its own small task.

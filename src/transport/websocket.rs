@@ -17,7 +17,8 @@ use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 
-use super::frame::{self, FrameError, Header, MAX_HEADER};
+use super::frame::{self, FrameError, MAX_HEADER};
+use super::frame_reader::{Event, Flow, FrameReader};
 use super::packet::{self, Eio, Kind, Outbound, Packet};
 use super::session::{CloseReason, Session, WsEnd};
 
@@ -43,13 +44,9 @@ struct Driver {
     max_payload: usize,
     /// Still upgrading from polling: only probe and upgrade packets are expected.
     upgrading: bool,
-    /// Bytes of an incomplete frame (empty, unallocated, between frames), or, with
-    /// `backlog`, of frames left for the next turn.
-    partial: Vec<u8>,
-    /// `partial` may hold complete frames: the last turn's frame budget ran out.
-    backlog: bool,
-    /// A fragmented message being reassembled: its opcode and bytes so far.
-    fragments: Option<(u8, Vec<u8>)>,
+    /// What is kept of the incoming stream between reads: an incomplete frame, a
+    /// fragmented message, frames left for the next turn.
+    reader: FrameReader,
     /// Until the session is attached (while upgrading): bytes of this task's own frames
     /// not yet written. Afterwards the session keeps them.
     unwritten: Vec<u8>,
@@ -80,9 +77,7 @@ pub(crate) async fn run(
         // An Engine.IO packet adds a type byte to the message.
         max_payload: max_payload + 1,
         upgrading,
-        partial: Vec::new(),
-        backlog: false,
-        fragments: None,
+        reader: FrameReader::default(),
         unwritten: Vec::new(),
         attached: false,
         closing: false,
@@ -94,8 +89,9 @@ pub(crate) async fn run(
         d.attach();
     }
     if !leftover.is_empty() {
+        let mut buf = leftover;
         let mut budget = FRAMES_PER_POLL;
-        d.process_owned(leftover, &mut budget);
+        d.process(&mut buf, &mut budget);
     }
     poll_fn(|cx| d.poll(cx)).await;
     if d.upgrading {
@@ -147,9 +143,8 @@ impl Driver {
     /// Ready means the connection is over.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut budget = FRAMES_PER_POLL;
-        if self.backlog {
-            let buf = std::mem::take(&mut self.partial);
-            self.process_owned(buf, &mut budget);
+        if self.reader.has_backlog() {
+            self.process(&mut [], &mut budget);
             if budget == 0 {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -175,13 +170,7 @@ impl Driver {
                         true
                     }
                     Ok(n) => {
-                        if self.partial.is_empty() {
-                            self.process(&mut scratch[..n], &mut budget);
-                        } else {
-                            let mut buf = std::mem::take(&mut self.partial);
-                            buf.extend_from_slice(&scratch[..n]);
-                            self.process_owned(buf, &mut budget);
-                        }
+                        self.process(&mut scratch[..n], &mut budget);
                         false
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -213,126 +202,44 @@ impl Driver {
         }
     }
 
-    /// Handles complete frames in `buf` while `budget` lasts (one per frame); keeps the
-    /// rest in `partial`.
-    fn process(&mut self, buf: &mut [u8], budget: &mut usize) {
-        let pos = self.handle_frames(buf, budget);
-        self.partial = if pos < buf.len() && !self.closing {
-            buf[pos..].to_vec()
-        } else {
-            Vec::new()
-        };
-    }
-
-    /// As [`Driver::process`], for bytes this connection already owns (no copy).
-    fn process_owned(&mut self, mut buf: Vec<u8>, budget: &mut usize) {
-        let pos = self.handle_frames(&mut buf, budget);
-        buf.drain(..pos);
-        self.partial = if buf.is_empty() || self.closing {
-            Vec::new()
-        } else {
-            buf
-        };
-    }
-
-    /// Handles complete frames from the start of `buf` while `budget` lasts; returns
-    /// how many bytes they took.
-    fn handle_frames(&mut self, buf: &mut [u8], budget: &mut usize) -> usize {
-        let mut pos = 0;
-        self.backlog = false;
-        while pos < buf.len() && !self.closing {
-            let header = match frame::parse_header(&buf[pos..], self.max_payload) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    self.fail(e);
-                    return buf.len();
-                }
-            };
-            let end = pos + header.header_len + header.len;
-            if end > buf.len() {
-                break;
-            }
-            if *budget == 0 {
-                self.backlog = true;
-                break;
-            }
-            *budget -= 1;
-            let payload = &mut buf[pos + header.header_len..end];
-            frame::unmask(payload, header.mask, 0);
-            self.on_frame(header, payload);
-            pos = end;
+    /// Handles the frames in `data` (just read) and any left from earlier turns while
+    /// `budget` lasts; the reader keeps the rest.
+    fn process(&mut self, data: &mut [u8], budget: &mut usize) {
+        let mut reader = std::mem::take(&mut self.reader);
+        let read = reader.feed(data, self.max_payload, budget, &mut |e| self.on_event(e));
+        self.reader = reader;
+        if let Err(e) = read {
+            self.fail(e);
         }
-        pos
+        if self.closing {
+            self.reader.clear();
+        }
     }
 
-    fn on_frame(&mut self, h: Header, payload: &mut [u8]) {
-        match h.opcode {
-            frame::OP_TEXT | frame::OP_BINARY => {
-                if self.fragments.is_some() {
-                    return self.fail(FrameError {
-                        code: frame::CLOSE_PROTOCOL,
-                        reason: "new message inside a fragmented one",
-                    });
-                }
-                if h.fin {
-                    self.on_message(h.opcode, payload);
-                } else {
-                    self.fragments = Some((h.opcode, payload.to_vec()));
-                }
+    fn on_event(&mut self, event: Event<'_>) -> Flow {
+        match event {
+            Event::Text(text) if self.upgrading => self.on_upgrade_packet(text),
+            // Only text packets take part in an upgrade.
+            Event::Binary(_) if self.upgrading => {}
+            Event::Text(text) => self.on_packet(packet::decode_text(text)),
+            Event::Binary(data) => {
+                let eio = self.session.eio();
+                self.on_packet(packet::decode_binary_frame(eio, data));
             }
-            frame::OP_CONTINUATION => {
-                let Some((opcode, mut data)) = self.fragments.take() else {
-                    return self.fail(FrameError {
-                        code: frame::CLOSE_PROTOCOL,
-                        reason: "continuation without a message",
-                    });
-                };
-                if data.len() + payload.len() > self.max_payload {
-                    return self.fail(FrameError {
-                        code: frame::CLOSE_TOO_BIG,
-                        reason: "message exceeds max payload",
-                    });
-                }
-                data.extend_from_slice(payload);
-                if h.fin {
-                    self.on_message(opcode, &mut data);
-                } else {
-                    self.fragments = Some((opcode, data));
-                }
-            }
-            frame::OP_PING => self.queue_raw(frame::OP_PONG, payload),
-            frame::OP_PONG => {}
-            frame::OP_CLOSE => {
-                if let Err(e) = frame::check_close_payload(payload) {
-                    return self.fail(e);
-                }
+            Event::Ping(payload) => self.queue_raw(frame::OP_PONG, payload),
+            Event::Close => {
                 self.end(CloseReason::TransportClose);
                 self.close_with(frame::CLOSE_NORMAL);
             }
-            _ => unreachable!("parse_header admits only known opcodes"),
+        }
+        if self.closing {
+            Flow::Stop
+        } else {
+            Flow::Continue
         }
     }
 
-    fn on_message(&mut self, opcode: u8, payload: &mut [u8]) {
-        let eio = self.session.eio();
-        let decoded = if opcode == frame::OP_TEXT {
-            let Ok(text) = std::str::from_utf8(payload) else {
-                return self.fail(FrameError {
-                    code: frame::CLOSE_INVALID_DATA,
-                    reason: "text frame is not UTF-8",
-                });
-            };
-            if self.upgrading {
-                return self.on_upgrade_packet(text);
-            }
-            packet::decode_text(text)
-        } else {
-            if self.upgrading {
-                return;
-            }
-            packet::decode_binary_frame(eio, payload)
-        };
+    fn on_packet(&mut self, decoded: Result<Packet<'_>, packet::DecodeError>) {
         match decoded {
             Ok(p) => self.session.receive(p),
             Err(_) => {
@@ -373,8 +280,6 @@ impl Driver {
     fn fail(&mut self, e: FrameError) {
         tracing::debug!(sid = %self.session.sid(), error = %e, "websocket protocol error");
         self.session.count_protocol_error();
-        self.partial = Vec::new();
-        self.fragments = None;
         if self.upgrading {
             self.session.abort_upgrade();
             self.upgrading = false;

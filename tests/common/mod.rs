@@ -82,6 +82,11 @@ impl Ws {
         ws
     }
 
+    /// The raw connection, for writing without reading.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     pub async fn read_until(&mut self, delim: &[u8]) -> String {
         loop {
             if let Some(i) = self.buf.windows(delim.len()).position(|w| w == delim) {
