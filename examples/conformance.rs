@@ -68,6 +68,8 @@ async fn main() {
         ping_interval: Duration::from_millis(300),
         ping_timeout: Duration::from_millis(200),
         max_payload: 1_000_000,
+        // The suites open sessions back to back from one address.
+        max_handshakes_per_ip_per_sec: 0,
         ..EngineConfig::default()
     };
     let suite: Arc<dyn Handler> = Arc::new(Suite);

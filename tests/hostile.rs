@@ -469,6 +469,7 @@ fn stored_seq(frame: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_count_only_for_messages_this_connection_was_sent() {
     let h = Herald::start(&[]);
+    let base = h.baseline().await;
     let mut ids = Vec::new();
     for i in 1..=5 {
         let (status, body) = h.push("dave", "n", &i.to_string()).await;
@@ -501,6 +502,9 @@ async fn acks_count_only_for_messages_this_connection_was_sent() {
     for i in [0, 1, 4] {
         assert!(!delivered(i).await, "seq {} counted as delivered", i + 1);
     }
+    h.healthy("after-acks").await;
+    drop(ws);
+    h.settles(base, 16 * MIB).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,6 +541,7 @@ async fn a_store_removed_under_the_server_refuses_pushes_and_fails_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_checked_before_anything_else() {
     let h = Herald::start(&[("HERALD_API_KEYS", "k1")]);
+    let fds = h.fds();
     let huge = "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n";
     let cases: [(&[u8], &str); 4] = [
         (huge.as_bytes(), "oversized body, no key"),
@@ -563,6 +568,12 @@ async fn the_api_key_is_checked_before_anything_else() {
     assert_eq!(status, 400);
     let (status, _) = http(h.addr, &get("/api/v1/openapi.json")).await;
     assert_eq!(status, 200);
+    // Refused requests leave nothing open.
+    let deadline = Instant::now() + WAIT;
+    while h.fds() > fds + 2 {
+        assert!(Instant::now() < deadline, "connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Sends a WebSocket upgrade with `headers`; returns the status line.
@@ -587,6 +598,7 @@ async fn upgrade_status(addr: SocketAddr, headers: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_from_origins_outside_the_allow_list_are_refused() {
     let h = Herald::start(&[("HERALD_TRANSPORT_CORS_ORIGINS", "https://app.example")]);
+    let base = h.baseline().await;
     let host = format!("Host: {}\r\n", h.addr);
     for (origin, want) in [
         ("Origin: https://evil.example\r\n".to_owned(), "403"),
@@ -597,6 +609,7 @@ async fn websockets_from_origins_outside_the_allow_list_are_refused() {
         let line = upgrade_status(h.addr, &format!("{host}{origin}")).await;
         assert!(line.contains(want), "{origin:?}: {line}");
     }
+    h.settles(base, 16 * MIB).await;
 }
 
 fn token(user: &str, expires_in: u64) -> String {
@@ -648,5 +661,7 @@ async fn an_expiring_token_ends_its_connection_when_so_configured() {
         "{refused}"
     );
     // A connection whose token is still good is untouched.
-    drop(long);
+    let mut long = long;
+    long.send_text("2probe").await;
+    assert_eq!(long.text().await, "3probe");
 }

@@ -353,6 +353,24 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
         t.connections_refused.get(),
     );
     line(
+        "connections_refused_per_ip_total",
+        "Connections refused at max_connections_per_ip.",
+        "counter",
+        t.connections_refused_per_ip.get(),
+    );
+    line(
+        "handshakes_refused_total",
+        "Handshakes refused at max_handshakes_per_ip_per_sec.",
+        "counter",
+        t.handshakes_refused.get(),
+    );
+    line(
+        "request_timeouts_total",
+        "Requests whose head or body, or responses, did not arrive in time.",
+        "counter",
+        t.request_timeouts.get(),
+    );
+    line(
         "protocol_errors_total",
         "Connections ended for a protocol violation.",
         "counter",

@@ -273,6 +273,15 @@ async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 /// rate needs for them: a client that does not read its answer cannot hold the
 /// connection.
 async fn write(engine: &EngineInner, stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    // Most answers fit the socket's buffer: written at once, with no timer to set up.
+    match stream.try_write(bytes) {
+        Ok(n) => bytes = &bytes[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    if bytes.is_empty() {
+        return Ok(());
+    }
     let cfg = &engine.config;
     let allowed = cfg.request_timeout
         + std::time::Duration::from_secs_f64(bytes.len() as f64 / cfg.min_body_rate.max(1) as f64);

@@ -802,6 +802,9 @@ impl Session {
             return false;
         }
         if inner.queued_bytes + inner.raw.len() + frame.len() > self.engine.config.max_queue_bytes {
+            let mut inner = inner;
+            // The connection is dropped with it: nothing more is written.
+            inner.raw = Vec::new();
             self.overflow(inner);
             return false;
         }

@@ -54,6 +54,9 @@ struct Driver {
     attached: bool,
     /// A close frame has been queued; stop once it is written.
     closing: bool,
+    /// The client asked for more answers than it reads: drop the connection at once,
+    /// with nothing more written.
+    abandon: bool,
     /// Once the session has ended: when to give up on a peer that does not read what is
     /// left (the rest of a frame, the close frame), so that it cannot hold the connection.
     linger: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -81,6 +84,7 @@ pub(crate) async fn run(
         unwritten: Vec::new(),
         attached: false,
         closing: false,
+        abandon: false,
         linger: None,
         linger_for,
     };
@@ -102,6 +106,9 @@ pub(crate) async fn run(
 impl Driver {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.closing && !self.backlogged() && self.poll_read(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if self.abandon {
             return Poll::Ready(());
         }
         let was_backlogged = self.backlogged();
@@ -326,8 +333,10 @@ impl Driver {
             f.extend_from_slice(&h[..n]);
             f.extend_from_slice(payload);
             if !self.session.ws_raw(&f) {
-                // The client does not read what it asks for: its session has ended.
-                self.close_with(frame::CLOSE_POLICY);
+                // The client does not read what it asks for: its session has ended, and
+                // what it did not read is dropped with the connection.
+                self.closing = true;
+                self.abandon = true;
             }
         } else {
             self.unwritten.extend_from_slice(&h[..n]);
