@@ -10,7 +10,9 @@
 //! - [`push`]: validates and stamps pushes;
 //! - [`auth`]: who a connecting client is (JWT, or development mode);
 //! - [`api`]: the HTTP API for backends;
-//! - [`app`]: configuration, start-up and shutdown of the `herald` binary.
+//! - [`app`]: configuration, start-up and shutdown of the `herald` binary;
+//! - [`vocab`]: the words all of them share (message, target, stored message, user id,
+//!   time); it imports none of them.
 
 pub mod api;
 pub mod app;
@@ -21,6 +23,7 @@ pub mod push;
 pub mod router;
 pub mod store;
 pub mod transport;
+pub mod vocab;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -208,12 +208,12 @@ async fn broadcasts_in_a_flood_arrive_once_each_and_in_order() {
     // first ones wait and go out together, the rest are fanned out by the pusher.
     const N: usize = 3000;
     for n in 0..N {
-        let msg = herald::hub::Message {
+        let msg = herald::vocab::Message {
             id: format!("b{n}"),
             ts: 1,
             event: "flood".into(),
             data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
-            target: herald::hub::Target::All,
+            target: herald::vocab::Target::All,
         };
         assert_eq!(node.hub.deliver(&msg).queued, 2);
     }
@@ -237,7 +237,7 @@ async fn broadcasts_in_a_flood_arrive_once_each_and_in_order() {
 async fn a_push_accepted_after_a_broadcast_never_overtakes_it() {
     let node = start(|_| {}).await;
     let mut ann = device_v4(node.addr, "ann").await;
-    let live = |n: usize, target: herald::hub::Target| herald::hub::Message {
+    let live = |n: usize, target: herald::vocab::Target| herald::vocab::Message {
         id: format!("m{n}"),
         ts: 1,
         event: "e".into(),
@@ -248,9 +248,9 @@ async fn a_push_accepted_after_a_broadcast_never_overtakes_it() {
     // reach her first.
     for n in 0..200 {
         let target = if n % 2 == 0 {
-            herald::hub::Target::All
+            herald::vocab::Target::All
         } else {
-            herald::hub::Target::Users(vec!["ann".into()])
+            herald::vocab::Target::Users(vec!["ann".into()])
         };
         node.hub.deliver(&live(n, target));
     }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use herald::hub::{Message, Target};
 use herald::store::{NewMessage, Retention, Store, StoreConfig, StoreError};
+use herald::vocab::{Message, Target};
 use tokio::sync::mpsc;
 
 #[macro_use]

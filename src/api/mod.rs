@@ -25,6 +25,7 @@ use crate::router::Router;
 use crate::store::{Store, StoreError};
 use crate::transport::Engine;
 use crate::transport::Fallback;
+use crate::vocab::UserId;
 
 /// API settings (`[api]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -200,6 +201,13 @@ async fn push(
     Ok(Json(state.push.push(req).await?))
 }
 
+/// A user id from a path, held to the rules every user id is ([`UserId`]).
+fn user_id(raw: String) -> Result<String, ApiError> {
+    UserId::parse(raw)
+        .map(UserId::into_string)
+        .map_err(|e| ApiError::BadRequest(format!("invalid user id: {e}")))
+}
+
 /// A query parameter that must be a whole number from 0 up, if present.
 fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     q.get(name)
@@ -220,6 +228,7 @@ async fn messages(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let user = user_id(user)?;
     let after = number(&q, "after")?.unwrap_or(0);
     let limit = number(&q, "limit")?.unwrap_or(100);
     if limit == 0 {
@@ -235,7 +244,7 @@ async fn messages(
 /// A page of a user's inbox.
 #[derive(serde::Serialize)]
 struct Page {
-    messages: Vec<crate::store::StoredMessage>,
+    messages: Vec<crate::vocab::StoredMessage>,
 }
 
 async fn unread(
@@ -244,6 +253,7 @@ async fn unread(
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let user = user_id(user)?;
     Ok(Json(state.store.unread(&user).await?))
 }
 
@@ -261,6 +271,7 @@ async fn read(
     ApiJson(req): ApiJson<ReadRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let user = user_id(user)?;
     let up_to = state.store.mark_read(&user, req.up_to).await?;
     state.hub.read_up_to(&user, up_to, None);
     Ok(Json(serde_json::json!({ "upTo": up_to })))
@@ -284,6 +295,7 @@ async fn presence(
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let user = user_id(user)?;
     let n = state.router.presence(&user).await;
     Ok(Json(serde_json::json!({"online": n > 0, "connections": n})))
 }

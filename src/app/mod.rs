@@ -127,7 +127,7 @@ impl Handler for Devices {
                     .saturating_add(leeway)
                     .saturating_add(1)
                     .saturating_mul(1000);
-                let left = end_ms.saturating_sub(crate::store::now_ms());
+                let left = end_ms.saturating_sub(crate::vocab::now_ms());
                 socket
                     .session()
                     .expire_after(std::time::Duration::from_millis(left));

@@ -5,9 +5,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::protocol::Handshake;
-
-/// Longest user id accepted, in bytes.
-pub const MAX_USER_ID: usize = 256;
+use crate::vocab::UserId;
 
 /// Client authentication settings (`[auth]` in the config file).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -199,10 +197,9 @@ impl Authenticator {
 }
 
 fn check_user(user: String) -> Result<String, AuthError> {
-    if user.is_empty() || user.len() > MAX_USER_ID || user.chars().any(char::is_control) {
-        return Err(AuthError::BadUser);
-    }
-    Ok(user)
+    UserId::parse(user)
+        .map(UserId::into_string)
+        .map_err(|_| AuthError::BadUser)
 }
 
 /// A credential from the `auth` object (v5 clients), else from the query (v4 clients,

@@ -14,13 +14,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use parking_lot::Mutex;
-use serde_json::value::RawValue;
-
 use crate::protocol::packet;
 use crate::protocol::{Args, Socket};
 use crate::transport::engine::Counter;
 use crate::transport::Outbound;
+use crate::vocab::{Message, StoredMessage, Target};
+use parking_lot::Mutex;
 
 /// Hub settings (`[hub]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -44,49 +43,20 @@ impl Default for HubConfig {
     }
 }
 
-/// Whom a message is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Live only, to these users.
-    Users(Vec<String>),
-    /// Stored: each user's copy with its sequence number.
-    Stored(Vec<(String, u64)>),
-    /// Live only, to every connection.
-    All,
+/// The packets of a live message: `event(data, {id, ts})`, the same for everyone.
+pub fn encode_live(msg: &Message) -> Vec<Outbound> {
+    let args = format!(
+        "[{},{{\"id\":{},\"ts\":{}}}]",
+        msg.data.get(),
+        json_string(&msg.id),
+        msg.ts
+    );
+    packet::encode_event("/", &msg.event, &Args::from_raw(args, Vec::new()), None)
 }
 
-/// A message on its way to devices.
-#[derive(Debug)]
-pub struct Message {
-    pub id: String,
-    /// Milliseconds since the Unix epoch when it was accepted.
-    pub ts: u64,
-    pub event: String,
-    pub data: Box<RawValue>,
-    pub target: Target,
-}
-
-impl Message {
-    /// The packets of a live message: `event(data, {id, ts})`, the same for everyone.
-    pub fn encode(&self) -> Vec<Outbound> {
-        let args = format!(
-            "[{},{{\"id\":{},\"ts\":{}}}]",
-            self.data.get(),
-            json_string(&self.id),
-            self.ts
-        );
-        packet::encode_event("/", &self.event, &Args::from_raw(args, Vec::new()), None)
-    }
-
-    /// The packets of a stored message for the user whose copy has `seq`:
-    /// `event(data, {id, seq, ts})`, asking for an ack whose id is the seq, so that all
-    /// of one user's devices share the same bytes.
-    pub fn encode_stored(&self, seq: u64) -> Vec<Outbound> {
-        encode_stored(&self.id, seq, self.ts, &self.event, self.data.get())
-    }
-}
-
-/// The packets of one stored copy (see [`Message::encode_stored`]).
+/// The packets of one user's stored copy, the one with `seq`: `event(data, {id, seq,
+/// ts})`, asking for an ack whose id is the seq, so that all of one user's devices share
+/// the same bytes.
 pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Vec<Outbound> {
     let id = json_string(id);
     let args = format!("[{data},{{\"id\":{id},\"seq\":{seq},\"ts\":{ts}}}]");
@@ -408,7 +378,7 @@ impl Hub {
         }
         match &msg.target {
             Target::Users(users) => {
-                let packets = msg.encode();
+                let packets = encode_live(msg);
                 for user in users {
                     let shard = self.shard(user).lock();
                     if let Some(members) = shard.get(user.as_str()) {
@@ -419,7 +389,7 @@ impl Hub {
             Target::All => {
                 // Answered with the sockets in rooms now; the fan-out follows shortly.
                 queued = self.held.load(Ordering::Relaxed);
-                self.broadcast(msg.encode());
+                self.broadcast(encode_live(msg));
             }
             Target::Stored(seqs) => {
                 for (user, seq) in seqs {
@@ -428,7 +398,7 @@ impl Hub {
                         continue;
                     };
                     // Encoded once per user: the ack id (the seq) differs between users.
-                    let packets = msg.encode_stored(*seq);
+                    let packets = encode_stored(&msg.id, *seq, msg.ts, &msg.event, msg.data.get());
                     for m in members.iter_mut() {
                         match self.offer(m, *seq, &packets) {
                             Offer::Queued(n) => queued += n,
@@ -554,12 +524,7 @@ impl Hub {
 
     /// Sends a page of stored messages to a replaying connection, skipping what it
     /// already has. Returns false if the connection has gone.
-    pub fn replay_page(
-        &self,
-        user: &str,
-        socket: &Socket,
-        page: &[crate::store::StoredMessage],
-    ) -> bool {
+    pub fn replay_page(&self, user: &str, socket: &Socket, page: &[StoredMessage]) -> bool {
         let mut shard = self.shard(user).lock();
         let Some(m) = shard
             .get_mut(user)

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use crate::hub::{Message, Target};
 use crate::router::Router;
 use crate::store::{NewMessage, Store, StoreError};
+use crate::vocab::{now_ms, Message, Target, UserId};
 
 /// Push settings (part of `[api]` in the config file).
 #[derive(Debug, Clone)]
@@ -260,7 +260,7 @@ impl PushService {
             .map(|_| format!("{:016x}", fingerprint(req, Some(&users), true)));
         let msg = NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
-            ts: crate::store::now_ms(),
+            ts: now_ms(),
             event: req.event.clone(),
             data: req.data.get().to_owned(),
             users,
@@ -309,11 +309,12 @@ impl PushService {
                         self.config.max_users_per_push
                     )));
                 }
-                if users
-                    .iter()
-                    .any(|u| u.is_empty() || u.len() > crate::auth::MAX_USER_ID)
-                {
-                    return invalid("user ids must be 1 to 256 characters");
+                for u in users {
+                    // The rules a client's id is held to at connect: a push to an id no
+                    // client can have would be stored for nobody.
+                    UserId::parse(u.as_str()).map_err(|e| {
+                        PushError::Invalid(format!("to.users: {e}, got {}", json_quoted(u)))
+                    })?;
                 }
                 let mut users = users.clone();
                 users.sort_unstable();
@@ -342,6 +343,15 @@ impl PushService {
             connections: Some(connections),
         }
     }
+}
+
+/// `s` as a JSON string, for error messages (ids may hold anything).
+fn json_quoted(s: &str) -> String {
+    let mut short: String = s.chars().take(64).collect();
+    if short.len() < s.len() {
+        short.push('…');
+    }
+    serde_json::to_string(&short).unwrap_or_default()
 }
 
 /// What a retried request must repeat to get the first answer: the event, the data (as
@@ -489,6 +499,8 @@ mod tests {
             r#"{"to":{"users":["a"]},"event":"","data":1}"#,
             r#"{"to":{"users":["a"]},"event":"connect","data":1}"#,
             r#"{"to":{"users":[""]},"event":"e","data":1}"#,
+            r#"{"to":{"users":["a\nb"]},"event":"e","data":1}"#,
+            r#"{"to":{"users":["\u0000"]},"event":"e","data":1}"#,
             r#"{"to":{"users":["a"]},"event":"e","data":1,"idempotencyKey":""}"#,
         ] {
             assert!(

@@ -24,9 +24,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::resp::{Commands, Published, RedisError, Reply, Subscriber};
-use crate::hub::{Hub, Message, Target};
+use crate::hub::Hub;
 use crate::store::Store;
 use crate::transport::engine::Counter;
+use crate::vocab::{Message, Target};
 
 /// Cluster settings (`[cluster]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -10,9 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::hub::{Hub, Message, ReplayEnd};
+use crate::hub::{Hub, ReplayEnd};
 use crate::protocol::Socket;
 use crate::store::Store;
+use crate::vocab::Message;
 
 /// Where messages go once accepted.
 pub trait Router: Send + Sync + 'static {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::Message;
+pub use crate::vocab::{now_ms, StoredMessage};
+use crate::vocab::{Message, Target};
 
 /// Store settings (`[store]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -107,21 +108,6 @@ pub struct Appended {
     /// True when an idempotency key matched an earlier push: nothing new was stored.
     #[serde(skip)]
     pub duplicate: bool,
-}
-
-/// A stored message as the inbox API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredMessage {
-    pub id: String,
-    pub seq: u64,
-    pub event: String,
-    pub data: Box<serde_json::value::RawValue>,
-    pub ts: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub read_at: Option<u64>,
 }
 
 /// A user's counters.
@@ -450,13 +436,6 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A write's answer, sent once its transaction has committed.
 pub(crate) enum Done {
     Append(
@@ -544,7 +523,7 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
         ts: msg.ts,
         event: msg.event.clone(),
         data,
-        target: crate::hub::Target::Stored(seqs.to_vec()),
+        target: Target::Stored(seqs.to_vec()),
     }))
 }
 

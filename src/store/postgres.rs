@@ -17,7 +17,7 @@ use super::{
     appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
     Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
 };
-use crate::hub::Message;
+use crate::vocab::Message;
 
 async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;

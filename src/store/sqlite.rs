@@ -18,7 +18,7 @@ use super::{
     appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
     Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
 };
-use crate::hub::Message;
+use crate::vocab::Message;
 
 fn open(path: &str, uri: bool, sync: &str) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
