@@ -5,7 +5,9 @@
 //! - [`transport`]: Engine.IO v3/v4 over WebSocket and HTTP long-polling;
 //! - [`protocol`]: Socket.IO v4/v5 packets, namespaces, acks, binary attachments;
 //! - [`hub`]: the node's live state, user rooms; the only writer of pushes to sockets;
-//! - [`router`]: takes an accepted message to the nodes holding its users;
+//! - [`delivery`]: the rules between an accepted message and the hub: live delivery,
+//!   resume, replay, gap catch-up, acks, read state;
+//! - [`broker`]: publish, subscribe and presence across nodes (memory, or Redis);
 //! - [`store`]: the durable inbox (SQLite embedded, PostgreSQL for clusters);
 //! - [`push`]: validates and stamps pushes;
 //! - [`auth`]: who a connecting client is (JWT, or development mode);
@@ -17,10 +19,11 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod broker;
+pub mod delivery;
 pub mod hub;
 pub mod protocol;
 pub mod push;
-pub mod router;
 pub mod store;
 pub mod transport;
 pub mod vocab;

@@ -73,7 +73,7 @@ pub enum Target {
 }
 
 /// A message on its way to devices.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub id: String,
     /// Milliseconds since the Unix epoch when it was accepted.

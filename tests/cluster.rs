@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use herald::app::config::Config;
 use herald::app::Node;
+use herald::broker::redis::RedisBroker;
+use herald::broker::resp::Commands;
 use herald::push::{PushRequest, PushService};
-use herald::router::cluster::ClusterRouter;
-use herald::router::resp::Commands;
 use tokio::sync::oneshot;
 
 mod common;
@@ -24,7 +24,7 @@ use common::{http, Ws, WAIT};
 struct Running {
     addr: SocketAddr,
     push: Arc<PushService>,
-    cluster: ClusterRouter,
+    cluster: RedisBroker,
     _stop: oneshot::Sender<()>,
 }
 

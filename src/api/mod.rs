@@ -18,10 +18,10 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use crate::broker::redis::RedisBroker;
+use crate::delivery::Delivery;
 use crate::hub::Hub;
 use crate::push::{PushError, PushRequest, PushService};
-use crate::router::cluster::ClusterRouter;
-use crate::router::Router;
 use crate::store::{Store, StoreError};
 use crate::transport::Engine;
 use crate::transport::Fallback;
@@ -63,9 +63,9 @@ pub struct ApiState {
     pub push: Arc<PushService>,
     pub hub: Arc<Hub>,
     pub store: Store,
-    pub router: Arc<dyn Router>,
+    pub delivery: Arc<Delivery>,
     pub engine: Engine,
-    pub cluster: Option<ClusterRouter>,
+    pub cluster: Option<RedisBroker>,
     /// Accepted bearer keys; empty with `open` means no key is needed.
     pub keys: Arc<Vec<String>>,
     /// No key needed (development mode on loopback with no keys configured).
@@ -272,8 +272,7 @@ async fn read(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let user = user_id(user)?;
-    let up_to = state.store.mark_read(&user, req.up_to).await?;
-    state.hub.read_up_to(&user, up_to, None);
+    let up_to = state.delivery.read(&user, req.up_to, None).await?;
     Ok(Json(serde_json::json!({ "upTo": up_to })))
 }
 
@@ -296,7 +295,7 @@ async fn presence(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let user = user_id(user)?;
-    let n = state.router.presence(&user).await;
+    let n = state.delivery.presence(&user).await;
     Ok(Json(serde_json::json!({"online": n > 0, "connections": n})))
 }
 
@@ -309,7 +308,7 @@ async fn healthz() -> impl IntoResponse {
 /// refused) or routing does not work fully (Redis away).
 async fn readyz(State(state): State<ApiState>) -> Response {
     let writable = state.store.writable().await;
-    let ok = writable && state.router.healthy();
+    let ok = writable && state.delivery.healthy();
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "store": {"writable": writable},

@@ -11,10 +11,10 @@ use toml::{Table, Value};
 
 use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
+use crate::broker::redis::ClusterConfig;
 use crate::hub::HubConfig;
 use crate::protocol::SocketIoConfig;
 use crate::push::PushConfig;
-use crate::router::cluster::ClusterConfig;
 use crate::store::StoreConfig;
 use crate::transport::{EngineConfig, OverflowPolicy};
 
@@ -289,7 +289,7 @@ impl Config {
             bail!("store.url must be postgres://…, sqlite:PATH or empty, got `{url}`");
         }
         if !self.cluster.redis.is_empty() {
-            crate::router::cluster::parse_url(&self.cluster.redis).map_err(anyhow::Error::msg)?;
+            crate::broker::redis::parse_url(&self.cluster.redis).map_err(anyhow::Error::msg)?;
             if self.store.url.is_empty() || self.store.url.starts_with("sqlite:") {
                 tracing::warn!(
                     "cluster mode with an embedded store: each node has its own inbox; \

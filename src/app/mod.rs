@@ -1,5 +1,4 @@
-//! The binary's edge: configuration, wiring the layers together, signals, shutdown; and
-//! the root namespace's behaviour (auth, rooms, resume, acks, read state).
+//! The binary's edge: configuration, wiring the layers together, signals, shutdown.
 
 pub mod config;
 mod demo;
@@ -11,237 +10,17 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, HttpService};
-use crate::auth::{Authenticator, OnExpiry};
-use crate::hub::{Hub, ReplayEnd};
-use crate::protocol::{
-    Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket, SocketIo,
-};
+use crate::auth::Authenticator;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::Broker;
+use crate::delivery::devices::Devices;
+use crate::delivery::Delivery;
+use crate::hub::Hub;
+use crate::protocol::{Handler, SocketIo};
 use crate::push::{self, PushService};
-use crate::router::cluster::ClusterRouter;
-use crate::router::{self, LocalRouter, Router};
 use crate::store::Store;
 use crate::transport::{self, Engine, EngineHandler, Fallback};
-
-/// Longest device id accepted.
-const MAX_DEVICE_ID: usize = 128;
-
-/// Who a socket is and where it resumes from, read from its handshake once, at connect.
-struct Client {
-    user: String,
-    device: Option<String>,
-    resume: Resume,
-    /// When the client's token expires (Unix seconds), if it does.
-    expires: Option<u64>,
-}
-
-/// Where a connecting client asked to resume from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resume {
-    /// Live messages only.
-    Live,
-    /// Every stored message after this seq, then live ones.
-    Since(u64),
-    /// After the last seq this device acknowledged (live only for a new device).
-    Device,
-}
-
-/// The root namespace: every socket joins its user's room in the hub.
-struct Devices {
-    auth: Authenticator,
-    /// What happens when a connected client's token expires, and the leeway on `exp`.
-    on_expiry: (OnExpiry, u64),
-    hub: Arc<Hub>,
-    store: Store,
-    router: Arc<dyn Router>,
-}
-
-/// A credential from the `auth` object (v5 clients), else the query (v4 clients).
-fn param(hs: &Handshake<'_>, name: &str) -> Option<String> {
-    hs.auth
-        .and_then(|a| {
-            let v: serde_json::Value = serde_json::from_str(a).ok()?;
-            match v.get(name)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                other => Some(other.to_string()),
-            }
-        })
-        .or_else(|| hs.query_param(name))
-}
-
-fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectError> {
-    let device = param(hs, "deviceId").filter(|d| !d.is_empty());
-    if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_ID) {
-        return Err(ConnectError::new(
-            "invalid deviceId: longer than 128 characters",
-        ));
-    }
-    let resume = match param(hs, "since") {
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) => Resume::Since(n),
-            Err(_) => {
-                return Err(ConnectError::new(format!(
-                    "invalid since: expected a whole number from 0 up, got `{s}`"
-                )))
-            }
-        },
-        None if device.is_some() => Resume::Device,
-        None => Resume::Live,
-    };
-    Ok((resume, device))
-}
-
-impl Handler for Devices {
-    fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
-        let identity = self
-            .auth
-            .identify(hs)
-            .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
-        let user = identity.user;
-        let (resume, device) = resume_of(hs)?;
-        let here = self
-            .hub
-            .join(&user, socket, resume != Resume::Live)
-            .map_err(|e| ConnectError::new(e.to_string()))?;
-        self.router.local_presence(&user, here);
-        tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
-        socket.set_data(Client {
-            user,
-            device,
-            resume,
-            expires: identity.expires,
-        });
-        Ok(())
-    }
-
-    fn on_connect(&self, socket: &Socket, _hs: &Handshake<'_>) {
-        let Some(client) = socket.data::<Client>() else {
-            return;
-        };
-        let resume = client.resume;
-        if let (OnExpiry::Disconnect, leeway) = self.on_expiry {
-            if let Some(exp) = client.expires {
-                // A token is good through its `exp` second (as the check at connect
-                // counts it), so the connection ends as the next one begins.
-                let end_ms = exp
-                    .saturating_add(leeway)
-                    .saturating_add(1)
-                    .saturating_mul(1000);
-                let left = end_ms.saturating_sub(crate::vocab::now_ms());
-                socket
-                    .session()
-                    .expire_after(std::time::Duration::from_millis(left));
-            }
-        }
-        let (hub, store, socket) = (self.hub.clone(), self.store.clone(), socket.clone());
-        if resume != Resume::Live {
-            tokio::spawn(async move { resume_from(hub, store, socket, resume).await });
-        } else if self.router.is_cluster() {
-            // In a cluster this node may miss messages while Redis is away; a live
-            // connection's position lets it be caught up then.
-            tokio::spawn(async move {
-                let Some(client) = socket.data::<Client>() else {
-                    return;
-                };
-                if let Ok(u) = store.unread(&client.user).await {
-                    hub.set_floor(&client.user, &socket, u.last_seq);
-                }
-            });
-        }
-    }
-
-    fn on_event(&self, socket: &Socket, event: Event) {
-        if event.name != "read" {
-            return;
-        }
-        let Some(client) = socket.data::<Client>() else {
-            return;
-        };
-        let up_to = event
-            .args
-            .parse::<Vec<serde_json::Value>>()
-            .ok()
-            .and_then(|a| {
-                a.first()
-                    .and_then(|v| v.get("upTo"))
-                    .and_then(|v| v.as_u64())
-            });
-        let Some(up_to) = up_to else {
-            if let Some(id) = event.ack {
-                let error = serde_json::json!({"error": "read needs {upTo: seq}, a whole number"});
-                let _ = socket.ack(id, &Args::one(&error));
-            }
-            return;
-        };
-        let (hub, store, socket, user) = (
-            self.hub.clone(),
-            self.store.clone(),
-            socket.clone(),
-            client.user.clone(),
-        );
-        tokio::spawn(async move {
-            let reply = match store.mark_read(&user, up_to).await {
-                Ok(stored) => {
-                    hub.read_up_to(&user, stored, Some(&socket));
-                    serde_json::json!({"upTo": stored})
-                }
-                Err(e) => serde_json::json!({"error": e.to_string()}),
-            };
-            if let Some(id) = event.ack {
-                let _ = socket.ack(id, &Args::one(&reply));
-            }
-        });
-    }
-
-    fn on_ack(&self, socket: &Socket, seq: u64, _args: Args) {
-        let Some(client) = socket.data::<Client>() else {
-            return;
-        };
-        // Only what this connection was actually sent can be acknowledged.
-        if self.hub.was_sent(&client.user, socket, seq) {
-            self.store
-                .mark_delivered(&client.user, seq, client.device.as_deref());
-        }
-    }
-
-    fn on_disconnect(&self, socket: &Socket, reason: DisconnectReason) {
-        if let Some(client) = socket.data::<Client>() {
-            let here = self.hub.leave(&client.user, socket);
-            self.router.local_presence(&client.user, here);
-            tracing::debug!(user = %client.user, socket = %socket.id(), reason = reason.as_str(), "disconnected");
-        }
-    }
-}
-
-/// Replays stored messages to a resuming socket from where it asked, then makes it live.
-async fn resume_from(hub: Arc<Hub>, store: Store, socket: Socket, resume: Resume) {
-    let Some(client) = socket.data::<Client>() else {
-        return;
-    };
-    let user = client.user.clone();
-    let after = match resume {
-        Resume::Since(n) => n,
-        Resume::Device => {
-            let device = client.device.as_deref().unwrap_or_default();
-            match store.device_acked(&user, device).await {
-                Ok(Some(n)) => n,
-                // A device seen for the first time starts live: it gets what arrived
-                // since it joined (held meanwhile), and nothing older.
-                Ok(None) => match hub.finish_replay(&user, &socket) {
-                    ReplayEnd::Live | ReplayEnd::Gone => return,
-                    // More arrived than could be held: read them from the store.
-                    ReplayEnd::ReadOn(_) => match store.unread(&user).await {
-                        Ok(u) => u.last_seq.saturating_sub(hub.max_replay_buffer() as u64),
-                        Err(_) => return socket.close_transport(),
-                    },
-                },
-                Err(_) => return socket.close_transport(),
-            }
-        }
-        Resume::Live => return,
-    };
-    router::catch_up(hub, store, socket, user, after).await;
-}
 
 /// One herald node: its layers, wired together. Built from the configuration, then run
 /// on a listener until a shutdown future completes.
@@ -251,9 +30,9 @@ pub struct Node {
     pub push: Arc<PushService>,
     pub store: Store,
     pub engine: Engine,
-    pub router: Arc<dyn Router>,
-    /// The cluster router, when `[cluster] redis` is set.
-    pub cluster: Option<ClusterRouter>,
+    pub delivery: Arc<Delivery>,
+    /// The Redis broker, when `[cluster] redis` is set.
+    pub cluster: Option<RedisBroker>,
     http: Arc<HttpService>,
 }
 
@@ -275,15 +54,17 @@ impl Node {
         let store = Store::open(config.store.clone(), committed)
             .await
             .context("cannot open the message store")?;
-        let (router, cluster): (Arc<dyn Router>, _) = if config.cluster.redis.is_empty() {
-            (Arc::new(LocalRouter::new(hub.clone(), store.clone())), None)
+        let (inbound_tx, inbound) = tokio::sync::mpsc::channel(4096);
+        let (broker, cluster): (Arc<dyn Broker>, _) = if config.cluster.redis.is_empty() {
+            (Arc::new(MemoryBroker::single()), None)
         } else {
-            let c = ClusterRouter::start(&config.cluster, hub.clone(), store.clone())
-                .map_err(anyhow::Error::msg)?;
+            let c = RedisBroker::start(&config.cluster, inbound_tx).map_err(anyhow::Error::msg)?;
             tracing::info!(node = c.node(), "cluster mode");
             (Arc::new(c.clone()), Some(c))
         };
-        tokio::spawn(push::dispatch(to_dispatch, router.clone()));
+        let delivery = Delivery::new(hub.clone(), store.clone(), broker, cluster.is_some());
+        tokio::spawn(delivery.clone().run_inbound(inbound));
+        tokio::spawn(push::dispatch(to_dispatch, delivery.clone()));
         tokio::spawn(
             store
                 .clone()
@@ -291,16 +72,14 @@ impl Node {
         );
         let push = Arc::new(PushService::new(
             config.push(),
-            router.clone(),
+            delivery.clone(),
             store.clone(),
         ));
-        let devices = Arc::new(Devices {
+        let devices = Arc::new(Devices::new(
             auth,
-            on_expiry: (config.auth.on_expiry, config.auth.leeway_secs),
-            hub: hub.clone(),
-            store: store.clone(),
-            router: router.clone(),
-        });
+            (config.auth.on_expiry, config.auth.leeway_secs),
+            delivery.clone(),
+        ));
         let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
         let engine = Engine::new(
             config.engine(),
@@ -310,7 +89,7 @@ impl Node {
             push: push.clone(),
             hub: hub.clone(),
             store: store.clone(),
-            router: router.clone(),
+            delivery: delivery.clone(),
             engine: engine.clone(),
             cluster: cluster.clone(),
             keys: Arc::new(config.api.keys.clone()),
@@ -327,7 +106,7 @@ impl Node {
             push,
             store,
             engine,
-            router,
+            delivery,
             cluster,
             http,
         })
@@ -340,11 +119,10 @@ impl Node {
             .demo
             .enabled
             .then(|| tokio::spawn(demo::ticker(self.push.clone())));
-        let hub = self.hub.clone();
+        let delivery = self.delivery.clone();
         let shutdown = async move {
             shutdown.await;
-            // Broadcasts accepted before shutdown are queued before sessions close.
-            hub.flush_broadcasts();
+            delivery.flush();
         };
         transport::serve(
             listener,
@@ -356,9 +134,7 @@ impl Node {
         if let Some(d) = demo {
             d.abort();
         }
-        if let Some(c) = &self.cluster {
-            c.leave_cluster().await;
-        }
+        self.delivery.leave_cluster().await;
     }
 }
 

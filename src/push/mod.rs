@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use crate::router::Router;
+use crate::delivery::Delivery;
 use crate::store::{NewMessage, Store, StoreError};
 use crate::vocab::{now_ms, Message, Target, UserId};
 
@@ -158,27 +158,27 @@ struct Idempotency {
 /// Accepts pushes.
 pub struct PushService {
     config: PushConfig,
-    router: Arc<dyn Router>,
+    delivery: Arc<Delivery>,
     store: Store,
     /// Idempotency keys of volatile pushes (durable ones are kept in the store).
     idempotency: Mutex<Idempotency>,
 }
 
-/// Routes committed messages, one at a time, in commit order.
+/// Delivers committed messages, one at a time, in commit order.
 pub async fn dispatch(
     mut committed: tokio::sync::mpsc::Receiver<Arc<Message>>,
-    router: Arc<dyn Router>,
+    delivery: Arc<Delivery>,
 ) {
     while let Some(msg) = committed.recv().await {
-        router.route(&msg);
+        delivery.route(&msg);
     }
 }
 
 impl PushService {
-    pub fn new(config: PushConfig, router: Arc<dyn Router>, store: Store) -> PushService {
+    pub fn new(config: PushConfig, delivery: Arc<Delivery>, store: Store) -> PushService {
         PushService {
             config,
-            router,
+            delivery,
             store,
             idempotency: Mutex::new(Idempotency::default()),
         }
@@ -335,7 +335,7 @@ impl PushService {
             data: req.data,
             target,
         };
-        let connections = self.router.route(&msg);
+        let connections = self.delivery.route(&msg);
         PushResult {
             id: msg.id,
             ts,
@@ -462,8 +462,8 @@ pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::memory::MemoryBroker;
     use crate::hub::Hub;
-    use crate::router::LocalRouter;
     use crate::store::StoreConfig;
 
     async fn service() -> PushService {
@@ -478,9 +478,9 @@ mod tests {
         )
         .await
         .unwrap();
-        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(hub, store.clone()));
-        tokio::spawn(dispatch(rx, router.clone()));
-        PushService::new(PushConfig::default(), router, store)
+        let delivery = Delivery::new(hub, store.clone(), Arc::new(MemoryBroker::single()), false);
+        tokio::spawn(dispatch(rx, delivery.clone()));
+        PushService::new(PushConfig::default(), delivery, store)
     }
 
     fn req(json: &str) -> PushRequest {

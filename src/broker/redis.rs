@@ -1,5 +1,5 @@
-//! The cluster router: nodes share pushes through Redis, and a push costs work only on
-//! the nodes holding its users.
+//! The Redis broker: nodes share pushes through Redis, and a push costs work only on the
+//! nodes holding its users.
 //!
 //! - Each node subscribes to the channel `herald:u:<user>` while it holds at least one
 //!   connection of that user, and to `herald:all` for broadcasts. A push is delivered to
@@ -13,8 +13,10 @@
 //!   within the TTL; a janitor on every node then removes the dead node's entries
 //!   (listed in `{herald}:node:<id>:users`) so nothing stays behind.
 //! - Redis down: pushes are still stored and delivered on the entry node; when Redis is
-//!   back each node resubscribes and catches every local connection up from the store.
+//!   back each node resubscribes and tells its node to resync ([`Inbound::Resync`]):
+//!   delivery catches every local connection up from the store.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +26,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::resp::{Commands, Published, RedisError, Reply, Subscriber};
-use crate::hub::Hub;
-use crate::store::Store;
+use super::{BoxFuture, Broker, Inbound};
 use crate::transport::engine::Counter;
 use crate::vocab::{Message, Target};
 
@@ -83,8 +84,11 @@ struct Wire<'a> {
 
 struct Shared {
     node: String,
-    hub: Arc<Hub>,
-    store: Store,
+    /// Where messages from other nodes (and resyncs) go: this node's delivery.
+    inbound: mpsc::Sender<Inbound>,
+    /// Connections held here per user: the subscriptions and presence to restore when
+    /// Redis comes back.
+    held: Mutex<HashMap<String, usize>>,
     addr: String,
     password: Option<String>,
     ttl: Duration,
@@ -97,9 +101,9 @@ struct Shared {
     metrics: ClusterMetrics,
 }
 
-/// Routes through Redis. Cheap to clone.
+/// A broker through Redis. Cheap to clone.
 #[derive(Clone)]
-pub struct ClusterRouter(Arc<Shared>);
+pub struct RedisBroker(Arc<Shared>);
 
 fn channel(user: &str) -> Vec<u8> {
     let mut c = b"herald:u:".to_vec();
@@ -165,14 +169,14 @@ pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
     Ok((host, password))
 }
 
-impl ClusterRouter {
-    /// Starts the router's connection supervisor and heartbeat; it connects (and
+impl RedisBroker {
+    /// Starts the broker's connection supervisor and heartbeat; it connects (and
     /// reconnects) to Redis in the background, so a node starts even with Redis down.
+    /// What other nodes publish for users held here arrives on `inbound`.
     pub fn start(
         config: &ClusterConfig,
-        hub: Arc<Hub>,
-        store: Store,
-    ) -> Result<ClusterRouter, String> {
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<RedisBroker, String> {
         let (addr, password) = parse_url(&config.redis)?;
         let node = if config.node_id.is_empty() {
             format!("{:016x}", rand::random::<u64>())
@@ -181,8 +185,8 @@ impl ClusterRouter {
         };
         let shared = Arc::new(Shared {
             node,
-            hub,
-            store,
+            inbound,
+            held: Mutex::new(HashMap::new()),
             addr,
             password,
             ttl: Duration::from_secs(config.presence_ttl_secs.max(2)),
@@ -191,10 +195,10 @@ impl ClusterRouter {
             up: AtomicBool::new(false),
             metrics: ClusterMetrics::default(),
         });
-        let router = ClusterRouter(shared);
-        tokio::spawn(router.clone().supervise());
-        tokio::spawn(router.clone().heartbeat());
-        Ok(router)
+        let broker = RedisBroker(shared);
+        tokio::spawn(broker.clone().supervise());
+        tokio::spawn(broker.clone().heartbeat());
+        Ok(broker)
     }
 
     /// This node's id.
@@ -215,8 +219,8 @@ impl ClusterRouter {
         self.0.commands.lock().clone()
     }
 
-    /// Connects, subscribes, registers presence; on every reconnect also catches local
-    /// connections up from the store. Runs until the process ends.
+    /// Connects, subscribes, registers presence; on every reconnect also asks its node to
+    /// resync. Runs until the process ends.
     async fn supervise(self) {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -228,7 +232,7 @@ impl ClusterRouter {
                     self.0.up.store(true, Ordering::Relaxed);
                     tracing::info!(node = %self.0.node, redis = %self.0.addr, "cluster connected");
                     if !first {
-                        self.catch_up_all();
+                        let _ = self.0.inbound.send(Inbound::Resync).await;
                     }
                     first = false;
                     tokio::select! {
@@ -271,7 +275,13 @@ impl ClusterRouter {
         }
         tokio::spawn(self.clone().receive(rx));
         // Subscriptions and presence for every user held here.
-        let users = self.0.hub.user_counts();
+        let users: Vec<(String, usize)> = self
+            .0
+            .held
+            .lock()
+            .iter()
+            .map(|(u, n)| (u.clone(), *n))
+            .collect();
         let mut channels: Vec<Vec<u8>> = users.iter().map(|(u, _)| channel(u)).collect();
         channels.push(ALL.to_vec());
         for chunk in channels.chunks(512) {
@@ -324,16 +334,9 @@ impl ClusterRouter {
                 data: w.d.to_owned(),
                 target,
             };
-            let delivery = self.0.hub.deliver(&msg);
-            super::catch_up_gaps(&self.0.hub, &self.0.store, delivery.gaps);
-        }
-    }
-
-    /// After Redis was away: every local connection reads what it missed from the store.
-    fn catch_up_all(&self) {
-        for (user, socket, after) in self.0.hub.hold_all() {
-            let (hub, store) = (self.0.hub.clone(), self.0.store.clone());
-            tokio::spawn(super::catch_up(hub, store, socket, user, after));
+            if self.0.inbound.send(Inbound::Message(msg)).await.is_err() {
+                break;
+            }
         }
     }
 
@@ -354,15 +357,7 @@ impl ClusterRouter {
         }
     }
 
-    /// Removes this node from presence (on a clean shutdown).
-    pub async fn leave_cluster(&self) {
-        if let Some(cmds) = self.commands() {
-            let _ = remove_node(&cmds, &self.0.node).await;
-            let _ = cmds.call(&[b"DEL", &node_key(&self.0.node)]).await;
-        }
-    }
-
-    fn publish(&self, channel: &[u8], payload: &[u8]) {
+    fn publish_to(&self, channel: &[u8], payload: &[u8]) {
         let Some(cmds) = self.commands() else {
             self.0.metrics.publish_failures.inc();
             return;
@@ -436,10 +431,8 @@ async fn janitor(cmds: &Commands, me: &str) -> Result<(), super::resp::RedisErro
     Ok(())
 }
 
-impl super::Router for ClusterRouter {
-    fn route(&self, msg: &Message) -> usize {
-        let delivery = self.0.hub.deliver(msg);
-        super::catch_up_gaps(&self.0.hub, &self.0.store, delivery.gaps);
+impl Broker for RedisBroker {
+    fn publish(&self, msg: &Message) {
         let data = msg.data.as_ref();
         let wire = |seq: Option<u64>| {
             serde_json::to_vec(&Wire {
@@ -453,23 +446,30 @@ impl super::Router for ClusterRouter {
             .unwrap_or_default()
         };
         match &msg.target {
-            Target::All => self.publish(ALL, &wire(None)),
+            Target::All => self.publish_to(ALL, &wire(None)),
             Target::Users(users) => {
                 let payload = wire(None);
                 for u in users {
-                    self.publish(&channel(u), &payload);
+                    self.publish_to(&channel(u), &payload);
                 }
             }
             Target::Stored(seqs) => {
                 for (u, seq) in seqs {
-                    self.publish(&channel(u), &wire(Some(*seq)));
+                    self.publish_to(&channel(u), &wire(Some(*seq)));
                 }
             }
         }
-        delivery.queued
     }
 
-    fn local_presence(&self, user: &str, connections: usize) {
+    fn hold(&self, user: &str, connections: usize) {
+        {
+            let mut held = self.0.held.lock();
+            if connections == 0 {
+                held.remove(user);
+            } else {
+                held.insert(user.to_owned(), connections);
+            }
+        }
         if connections <= 1 {
             let sub = self.0.subscriber.lock();
             if let Some(sub) = sub.as_ref() {
@@ -486,20 +486,16 @@ impl super::Router for ClusterRouter {
         }
     }
 
-    fn presence<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>> {
+    fn remote_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let local = self.0.hub.connections(user);
             let Some(cmds) = self.commands() else {
-                return local;
+                return 0;
             };
             let Ok(reply) = cmds.call(&[b"HGETALL", &presence_key(user)]).await else {
-                return local;
+                return 0;
             };
             let items = reply.into_array();
-            let mut total = local;
+            let mut total = 0;
             for pair in items.chunks(2) {
                 let (Some(node), Some(n)) =
                     (pair[0].as_text(), pair.get(1).and_then(Reply::as_int))
@@ -527,7 +523,13 @@ impl super::Router for ClusterRouter {
         self.is_up()
     }
 
-    fn is_cluster(&self) -> bool {
-        true
+    /// Removes this node from presence.
+    fn leave(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(cmds) = self.commands() {
+                let _ = remove_node(&cmds, &self.0.node).await;
+                let _ = cmds.call(&[b"DEL", &node_key(&self.0.node)]).await;
+            }
+        })
     }
 }

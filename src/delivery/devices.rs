@@ -1,0 +1,175 @@
+//! The root namespace: admits a client (who it is, where it resumes from), joins it to
+//! its user's room, and passes its acks and reads to the delivery rules.
+
+use std::sync::Arc;
+
+use super::{Delivery, Resume};
+use crate::auth::{Authenticator, OnExpiry};
+use crate::protocol::{Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket};
+
+/// Longest device id accepted.
+const MAX_DEVICE_ID: usize = 128;
+
+/// Who a socket is and where it resumes from, read from its handshake once, at connect.
+struct Client {
+    user: String,
+    device: Option<String>,
+    resume: Resume,
+    /// When the client's token expires (Unix seconds), if it does.
+    expires: Option<u64>,
+}
+
+/// The root namespace: every socket joins its user's room.
+pub struct Devices {
+    auth: Authenticator,
+    /// What happens when a connected client's token expires, and the leeway on `exp`.
+    on_expiry: (OnExpiry, u64),
+    delivery: Arc<Delivery>,
+}
+
+impl Devices {
+    pub fn new(
+        auth: Authenticator,
+        on_expiry: (OnExpiry, u64),
+        delivery: Arc<Delivery>,
+    ) -> Devices {
+        Devices {
+            auth,
+            on_expiry,
+            delivery,
+        }
+    }
+}
+
+/// A credential from the `auth` object (v5 clients), else the query (v4 clients).
+fn param(hs: &Handshake<'_>, name: &str) -> Option<String> {
+    hs.auth
+        .and_then(|a| {
+            let v: serde_json::Value = serde_json::from_str(a).ok()?;
+            match v.get(name)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                other => Some(other.to_string()),
+            }
+        })
+        .or_else(|| hs.query_param(name))
+}
+
+fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectError> {
+    let device = param(hs, "deviceId").filter(|d| !d.is_empty());
+    if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_ID) {
+        return Err(ConnectError::new(
+            "invalid deviceId: longer than 128 characters",
+        ));
+    }
+    let resume = match param(hs, "since") {
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) => Resume::Since(n),
+            Err(_) => {
+                return Err(ConnectError::new(format!(
+                    "invalid since: expected a whole number from 0 up, got `{s}`"
+                )))
+            }
+        },
+        None if device.is_some() => Resume::Device,
+        None => Resume::Live,
+    };
+    Ok((resume, device))
+}
+
+impl Handler for Devices {
+    fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
+        let identity = self
+            .auth
+            .identify(hs)
+            .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
+        let user = identity.user;
+        let (resume, device) = resume_of(hs)?;
+        self.delivery
+            .join(&user, socket, resume)
+            .map_err(|e| ConnectError::new(e.to_string()))?;
+        tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
+        socket.set_data(Client {
+            user,
+            device,
+            resume,
+            expires: identity.expires,
+        });
+        Ok(())
+    }
+
+    fn on_connect(&self, socket: &Socket, _hs: &Handshake<'_>) {
+        let Some(client) = socket.data::<Client>() else {
+            return;
+        };
+        if let (OnExpiry::Disconnect, leeway) = self.on_expiry {
+            if let Some(exp) = client.expires {
+                // A token is good through its `exp` second (as the check at connect
+                // counts it), so the connection ends as the next one begins.
+                let end_ms = exp
+                    .saturating_add(leeway)
+                    .saturating_add(1)
+                    .saturating_mul(1000);
+                let left = end_ms.saturating_sub(crate::vocab::now_ms());
+                socket
+                    .session()
+                    .expire_after(std::time::Duration::from_millis(left));
+            }
+        }
+        self.delivery.start(
+            socket,
+            &client.user,
+            client.device.as_deref(),
+            client.resume,
+        );
+    }
+
+    fn on_event(&self, socket: &Socket, event: Event) {
+        if event.name != "read" {
+            return;
+        }
+        let Some(client) = socket.data::<Client>() else {
+            return;
+        };
+        let up_to = event
+            .args
+            .parse::<Vec<serde_json::Value>>()
+            .ok()
+            .and_then(|a| {
+                a.first()
+                    .and_then(|v| v.get("upTo"))
+                    .and_then(|v| v.as_u64())
+            });
+        let Some(up_to) = up_to else {
+            if let Some(id) = event.ack {
+                let error = serde_json::json!({"error": "read needs {upTo: seq}, a whole number"});
+                let _ = socket.ack(id, &Args::one(&error));
+            }
+            return;
+        };
+        let (delivery, socket, user) = (self.delivery.clone(), socket.clone(), client.user.clone());
+        tokio::spawn(async move {
+            let reply = match delivery.read(&user, up_to, Some(&socket)).await {
+                Ok(stored) => serde_json::json!({"upTo": stored}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
+            if let Some(id) = event.ack {
+                let _ = socket.ack(id, &Args::one(&reply));
+            }
+        });
+    }
+
+    fn on_ack(&self, socket: &Socket, seq: u64, _args: Args) {
+        if let Some(client) = socket.data::<Client>() {
+            self.delivery
+                .ack(&client.user, socket, seq, client.device.as_deref());
+        }
+    }
+
+    fn on_disconnect(&self, socket: &Socket, reason: DisconnectReason) {
+        if let Some(client) = socket.data::<Client>() {
+            self.delivery.leave(&client.user, socket);
+            tracing::debug!(user = %client.user, socket = %socket.id(), reason = reason.as_str(), "disconnected");
+        }
+    }
+}
