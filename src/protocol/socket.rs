@@ -604,3 +604,27 @@ impl Connection for Conn {
         }
     }
 }
+
+#[cfg(test)]
+impl Socket {
+    /// A socket in `/` on a long-polling session of `engine` that no client polls: what
+    /// it is sent stays queued, for a test to take with `Session::take_queued`.
+    pub(crate) fn detached(engine: &crate::transport::Engine) -> Socket {
+        struct Nobody;
+        impl Handler for Nobody {}
+        let session = Session::new(engine.inner.clone(), Eio::V4, false, 0, false);
+        let nsp = Arc::new(Namespace {
+            name: "/".into(),
+            handler: Arc::new(Nobody),
+            config: Arc::default(),
+        });
+        Socket(Arc::new(SocketInner {
+            id: Sid::random(),
+            nsp,
+            session,
+            conn: Weak::new(),
+            acks: Mutex::new(Acks::default()),
+            data: OnceLock::new(),
+        }))
+    }
+}

@@ -884,6 +884,20 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+impl Session {
+    /// The text of every packet queued so far, taken off the queue (tests).
+    pub(crate) fn take_queued(&self) -> Vec<String> {
+        let mut inner = self.inner.lock();
+        inner.queued_bytes = 0;
+        inner
+            .queue
+            .drain(..)
+            .map(|p| String::from_utf8_lossy(p.body()).into_owned())
+            .collect()
+    }
+}
+
 /// How a WebSocket's writing ended.
 pub(crate) enum WsEnd {
     /// The close frame is written.
