@@ -12,14 +12,21 @@
 //! - [`server`]: the listener and the HTTP side of connections.
 
 pub mod config;
+mod connection;
+mod cors;
 pub mod engine;
 pub mod frame;
 pub(crate) mod frame_reader;
+mod handshake;
 pub mod http;
 mod limits;
 pub mod packet;
+mod polling;
+mod request;
 pub mod server;
 pub mod session;
+mod sid;
+mod upgrade;
 mod websocket;
 
 pub use config::{EngineConfig, OverflowPolicy};

@@ -12,125 +12,25 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+mod polling;
+mod ws;
+
+pub use super::connection::{CloseReason, Connection, Message, MessageError};
+pub use super::sid::Sid;
+pub(crate) use polling::GetReply;
+pub(crate) use ws::WsEnd;
+
 use super::config::OverflowPolicy;
 use super::engine::EngineInner;
 use super::packet::{Eio, Kind, Outbound, Packet};
-
-/// A session id: 20 URL-safe base64 characters from 120 random bits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Sid([u8; 20]);
-
-impl Sid {
-    /// A fresh, unguessable id from the thread-local CSPRNG.
-    pub fn random() -> Sid {
-        use base64::Engine as _;
-        let raw: [u8; 15] = rand::random();
-        let mut out = [0u8; 20];
-        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode_slice(raw, &mut out)
-            .expect("15 bytes encode to 20");
-        debug_assert_eq!(n, 20);
-        Sid(out)
-    }
-
-    /// Parses a sid from a request; anything that is not 20 base64url bytes is no sid.
-    pub fn parse(s: &str) -> Option<Sid> {
-        let b = s.as_bytes();
-        if b.len() != 20
-            || !b
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-        {
-            return None;
-        }
-        let mut out = [0u8; 20];
-        out.copy_from_slice(b);
-        Some(Sid(out))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Only ever built from base64url characters.
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
-}
-
-impl fmt::Debug for Sid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Sid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent a close packet or closed its connection cleanly.
-    TransportClose,
-    /// The connection failed: reset, broken frame, polling request abandoned.
-    TransportError,
-    /// The client did not answer a ping (v4) or stopped pinging (v3) in time.
-    PingTimeout,
-    /// The client sent something that is not valid Engine.IO or Socket.IO.
-    ParseError,
-    /// The client's outbound queue overflowed under [`OverflowPolicy::Disconnect`].
-    QueueOverflow,
-    /// The upper layer's deadline passed (the Socket.IO connect timeout).
-    HandshakeTimeout,
-    /// The server closed the session (kick, shutdown).
-    ServerClose,
-    /// The client's credentials expired and the server is set to end such sessions.
-    CredentialsExpired,
-}
-
-impl CloseReason {
-    /// The reason as the Node reference server names it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::TransportClose => "transport close",
-            CloseReason::TransportError => "transport error",
-            CloseReason::PingTimeout => "ping timeout",
-            CloseReason::ParseError => "parse error",
-            CloseReason::QueueOverflow => "queue overflow",
-            CloseReason::HandshakeTimeout => "handshake timeout",
-            CloseReason::ServerClose => "server close",
-            CloseReason::CredentialsExpired => "credentials expired",
-        }
-    }
-}
-
-/// A message a client sent, as the layer above sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Message<'a> {
-    Text(&'a str),
-    Binary(&'a [u8]),
-}
-
-/// The layer above's per-session state, created when the session opens.
-pub trait Connection: Send + Sync + 'static {
-    /// A message arrived. An error closes the session with [`CloseReason::ParseError`].
-    fn on_message(&self, session: &Arc<Session>, msg: Message<'_>) -> Result<(), MessageError>;
-    /// The session ended; called exactly once, never while a push holds a lock.
-    fn on_close(&self, session: &Arc<Session>, reason: CloseReason);
-}
-
-/// A message the layer above could not accept; the session is closed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct MessageError(pub String);
 
 /// Why a packet was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +41,18 @@ pub enum SendError {
     Dropped,
     #[error("client queue full; session closed")]
     Overflow,
+}
+
+/// Why a request cannot take its part in a session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Busy {
+    /// The session is not (or no longer) on long-polling.
+    #[error("the session does not poll")]
+    NotPolling,
+    /// Another request of the same kind is pending (which, for a `GET`, ends the
+    /// session, as in the reference server).
+    #[error("another request of this kind is pending")]
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,14 +137,6 @@ impl fmt::Debug for Session {
             .field("eio", &self.eio)
             .finish()
     }
-}
-
-/// What a pending polling `GET` answers with.
-pub(crate) enum GetReply {
-    /// Queued packets (or a single noop).
-    Packets(Vec<Outbound>),
-    /// The session is gone: answer with these packets, then forget it.
-    Final(Vec<Outbound>),
 }
 
 impl Session {
@@ -622,266 +526,6 @@ impl Session {
         }
         false
     }
-
-    // --- long-polling ---
-
-    /// Starts a polling `GET`. Fails if one is already waiting (which, as in the
-    /// reference server, ends the session) or the session no longer polls.
-    pub(crate) fn begin_get(self: &Arc<Self>) -> Result<(), ()> {
-        let mut inner = self.inner.lock();
-        match inner.state {
-            State::Polling | State::Upgrading | State::Closing => {}
-            State::WebSocket | State::Closed => return Err(()),
-        }
-        if inner.get_active {
-            drop(inner);
-            self.close(CloseReason::TransportError);
-            return Err(());
-        }
-        inner.get_active = true;
-        Ok(())
-    }
-
-    /// Ends a polling `GET` (answered or abandoned).
-    pub(crate) fn end_get(&self) {
-        let mut inner = self.inner.lock();
-        inner.get_active = false;
-        if matches!(inner.state, State::Polling | State::Closing) {
-            inner.waker = None;
-        }
-    }
-
-    /// Polls for the answer to a pending `GET`.
-    pub(crate) fn poll_get(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<GetReply> {
-        let mut inner = self.inner.lock();
-        match inner.state {
-            State::Closed => {
-                // A client that closed gets a noop; a session the server ended, a close.
-                let kind = match inner.reason {
-                    Some(CloseReason::TransportClose) => Kind::Noop,
-                    _ => Kind::Close,
-                };
-                Poll::Ready(GetReply::Final(vec![Outbound::control(kind)]))
-            }
-            State::Closing => {
-                let mut out: Vec<Outbound> = inner.queue.drain(..).collect();
-                inner.queued_bytes = 0;
-                out.push(Outbound::control(Kind::Close));
-                inner.state = State::Closed;
-                drop(inner);
-                self.engine.remove(self);
-                Poll::Ready(GetReply::Final(out))
-            }
-            State::WebSocket => Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)])),
-            State::Upgrading => {
-                if inner.noop {
-                    inner.noop = false;
-                    Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)]))
-                } else {
-                    inner.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-            State::Polling => {
-                if inner.queue.is_empty() {
-                    inner.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                } else {
-                    let out: Vec<Outbound> = inner.queue.drain(..).collect();
-                    inner.queue = VecDeque::new();
-                    inner.queued_bytes = 0;
-                    Poll::Ready(GetReply::Packets(out))
-                }
-            }
-        }
-    }
-
-    /// Starts a polling `POST`; at most one at a time.
-    pub(crate) fn begin_post(&self) -> Result<(), ()> {
-        let mut inner = self.inner.lock();
-        if inner.post_active || !matches!(inner.state, State::Polling | State::Upgrading) {
-            return Err(());
-        }
-        inner.post_active = true;
-        Ok(())
-    }
-
-    pub(crate) fn end_post(&self) {
-        self.inner.lock().post_active = false;
-    }
-
-    // --- WebSocket ---
-
-    /// A WebSocket with this sid wants to upgrade the polling session.
-    pub(crate) fn begin_upgrade(&self) -> Result<(), ()> {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Polling {
-            return Err(());
-        }
-        inner.state = State::Upgrading;
-        Ok(())
-    }
-
-    /// The upgrading WebSocket answered the probe: the pending `GET` gets a noop so the
-    /// client can pause polling.
-    pub(crate) fn probed(&self) {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Upgrading {
-            return;
-        }
-        inner.noop = true;
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The client sent the upgrade packet: the WebSocket now drains the queue.
-    pub(crate) fn complete_upgrade(&self) -> bool {
-        let mut inner = self.inner.lock();
-        if inner.state != State::Upgrading {
-            return false;
-        }
-        inner.state = State::WebSocket;
-        inner.noop = false;
-        // Wake the pending GET (it answers noop) and let the WebSocket task register.
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        true
-    }
-
-    /// The upgrading WebSocket went away before completing: back to polling.
-    pub(crate) fn abort_upgrade(&self) {
-        let mut inner = self.inner.lock();
-        if inner.state == State::Upgrading {
-            inner.state = State::Polling;
-            inner.noop = false;
-            inner.ws_waker = None;
-            let waker = inner.waker.take();
-            drop(inner);
-            if let Some(w) = waker {
-                w.wake();
-            }
-        }
-    }
-
-    /// The WebSocket task hands writing to the session, and so to the flusher (at its
-    /// start, or when an upgrade has completed); `pending` holds bytes the task has not
-    /// yet written, which go first.
-    pub(crate) fn attach_ws(&self, stream: Arc<TcpStream>, pending: Vec<u8>) {
-        let mut inner = self.inner.lock();
-        inner.raw = pending;
-        if matches!(inner.state, State::WebSocket | State::Closing) {
-            inner.ws = Some(stream);
-        }
-    }
-
-    /// For an upgrading WebSocket: ready with the reason once the session has ended
-    /// (the task then closes its connection), else registered for a wake-up.
-    pub(crate) fn poll_upgrade_end(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
-        let mut inner = self.inner.lock();
-        match inner.reason {
-            Some(reason) if inner.state == State::Closed => Poll::Ready(reason),
-            _ => {
-                inner.ws_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    /// Queues a frame the WebSocket task writes itself (an RFC 6455 pong) after what is
-    /// pending. It counts against the queue's byte limit; one that does not fit ends the
-    /// session (returns false).
-    pub(crate) fn ws_raw(self: &Arc<Self>, frame: &[u8]) -> bool {
-        let inner = self.inner.lock();
-        if inner.reason.is_some() {
-            return false;
-        }
-        if inner.queued_bytes + inner.raw.len() + frame.len() > self.engine.config.max_queue_bytes {
-            let mut inner = inner;
-            // The connection is dropped with it: nothing more is written.
-            inner.raw = Vec::new();
-            self.overflow(inner);
-            return false;
-        }
-        let mut inner = inner;
-        inner.raw.extend_from_slice(frame);
-        true
-    }
-
-    /// Whether the socket refused what was last written to it: the connection reads no
-    /// more from its client until it has been written (back pressure), so a client that
-    /// does not read cannot make it queue answers without end.
-    pub(crate) fn ws_backlogged(&self) -> bool {
-        self.inner.lock().ws_blocked
-    }
-
-    /// Queues the close frame; nothing is written after it.
-    pub(crate) fn ws_close(&self, frame: &[u8]) {
-        let mut inner = self.inner.lock();
-        if !inner.ws_closing {
-            inner.raw.extend_from_slice(frame);
-            inner.ws_closing = true;
-            inner.ws = None;
-        }
-    }
-
-    /// Writes on behalf of the WebSocket task: pending bytes, then the queue. Pending
-    /// means the task is registered for a wake-up (socket writable, or more to write);
-    /// `Ready(Ok(WsEnd::Closed))` that the close frame is written; `WsEnd::Ended` that
-    /// the session ended and the task is to queue the close frame and poll again;
-    /// `WsEnd::Stuck` that the session ended and the socket refuses what is left.
-    pub(crate) fn poll_ws_write(
-        &self,
-        cx: &mut Context<'_>,
-        stream: &TcpStream,
-    ) -> Poll<io::Result<WsEnd>> {
-        let mut inner = self.inner.lock();
-        loop {
-            match inner.write_ws(stream, self.eio) {
-                Ok(()) => inner.ws_blocked = false,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    inner.ws_blocked = true;
-                    match stream.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            // Woken by writability, or by the session ending meanwhile.
-                            inner.waker = Some(cx.waker().clone());
-                            if inner.reason.is_some() {
-                                return Poll::Ready(Ok(WsEnd::Stuck));
-                            }
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            if inner.ws_closing {
-                return Poll::Ready(Ok(WsEnd::Closed));
-            }
-            return match inner.state {
-                State::Upgrading | State::Polling => {
-                    inner.ws_waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-                State::Closed => Poll::Ready(Ok(WsEnd::Ended(
-                    inner.reason.unwrap_or(CloseReason::ServerClose),
-                ))),
-                State::Closing if inner.queue.is_empty() => {
-                    Poll::Ready(Ok(WsEnd::Ended(CloseReason::ServerClose)))
-                }
-                State::WebSocket | State::Closing => {
-                    inner.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            };
-        }
-    }
 }
 
 #[cfg(test)]
@@ -895,55 +539,6 @@ impl Session {
             .drain(..)
             .map(|p| String::from_utf8_lossy(p.body()).into_owned())
             .collect()
-    }
-}
-
-/// How a WebSocket's writing ended.
-pub(crate) enum WsEnd {
-    /// The close frame is written.
-    Closed,
-    /// The session ended for this reason; the close frame is still to be queued.
-    Ended(CloseReason),
-    /// The session has ended and the socket refuses what is left; the task is registered
-    /// for a wake-up, and gives up if the peer does not read in time.
-    Stuck,
-}
-
-impl Inner {
-    /// Writes `raw`, then queued packets (unless the close frame is in `raw`), until all
-    /// is written or the socket refuses more (`WouldBlock`).
-    fn write_ws(&mut self, stream: &TcpStream, eio: Eio) -> io::Result<()> {
-        loop {
-            if !self.raw.is_empty() {
-                let n = stream.try_write(&self.raw)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                self.raw.drain(..n);
-                if !self.raw.is_empty() {
-                    continue;
-                }
-                self.raw = Vec::new();
-            }
-            if self.ws_closing
-                || self.queue.is_empty()
-                || !matches!(self.state, State::WebSocket | State::Closing)
-            {
-                return Ok(());
-            }
-            let (front, back) = self.queue.as_slices();
-            let batch = if front.is_empty() { back } else { front };
-            let consumed = super::websocket::write_frames(stream, batch, eio, &mut self.raw)?;
-            for _ in 0..consumed {
-                if let Some(p) = self.queue.pop_front() {
-                    self.queued_bytes -= p.len();
-                }
-            }
-            if self.queue.is_empty() && self.queue.capacity() > 16 {
-                // Give back a burst's worth of queue memory once it is drained.
-                self.queue = VecDeque::new();
-            }
-        }
     }
 }
 

@@ -1,0 +1,99 @@
+//! Opening sessions: the handshake query, the open packet, the per-address handshake
+//! rate, finding a session by sid, and Engine.IO's error answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::cors::with_cors;
+use super::engine::{EngineInner, OpenRequest};
+use super::http::{self, Head, Response};
+use super::packet::{Eio, Outbound};
+use super::session::Session;
+
+/// Engine.IO's error answer: HTTP 400 (or `status`) with `{"code","message"}`.
+pub(super) fn error_response(
+    status: u16,
+    code: u8,
+    keep_alive: bool,
+    cors: &[(&'static str, String)],
+) -> Vec<u8> {
+    let message = match code {
+        0 => "Transport unknown",
+        1 => "Session ID unknown",
+        2 => "Bad handshake method",
+        3 => "Bad request",
+        4 => "Forbidden",
+        5 => "Unsupported protocol version",
+        _ => "Payload too large",
+    };
+    let body = format!("{{\"code\":{code},\"message\":\"{message}\"}}");
+    with_cors(Response::new(status), cors)
+        .header("Content-Type", "application/json")
+        .body(body.as_bytes(), keep_alive)
+}
+
+/// The handshake query: protocol revision and transport, validated.
+pub(super) fn parse_query(head: &Head) -> Result<Eio, u8> {
+    let q = head.query();
+    match http::query_param(q, "transport").as_deref() {
+        Some("polling") | Some("websocket") => {}
+        _ => return Err(0),
+    }
+    match http::query_param(q, "EIO").as_deref() {
+        Some("4") => Ok(Eio::V4),
+        Some("3") => Ok(Eio::V3),
+        _ => Err(5),
+    }
+}
+
+pub(super) fn open_packet(engine: &EngineInner, session: &Session, websocket: bool) -> Outbound {
+    let cfg = &engine.config;
+    let upgrades = if websocket { "[]" } else { "[\"websocket\"]" };
+    Outbound::Text(
+        format!(
+            "0{{\"sid\":\"{}\",\"upgrades\":{},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+            session.sid(),
+            upgrades,
+            cfg.ping_interval.as_millis(),
+            cfg.ping_timeout.as_millis(),
+            cfg.max_payload
+        )
+        .into(),
+    )
+}
+
+/// Whether `remote` may open another session now (its address's handshake rate).
+pub(super) fn handshake_allowed(engine: &EngineInner, remote: SocketAddr) -> bool {
+    let ip = remote.ip();
+    if !engine.per_ip.limited(ip) || engine.per_ip.handshake(ip, engine.now_ms()).is_ok() {
+        return true;
+    }
+    engine.metrics.handshakes_refused.inc();
+    false
+}
+
+/// Creates a session, queues its handshake, lets the layer above open, and registers it.
+pub(super) fn open_session(
+    engine: &Arc<EngineInner>,
+    eio: Eio,
+    b64: bool,
+    endpoint: u8,
+    websocket: bool,
+    query: &str,
+    remote: SocketAddr,
+) -> Arc<Session> {
+    let session = Session::new(engine.clone(), eio, b64, endpoint, websocket);
+    let _ = session.send(open_packet(engine, &session, websocket));
+    let handler = engine.endpoints[endpoint as usize].handler.clone();
+    let conn = handler.on_open(&session, &OpenRequest { query, remote });
+    session.set_connection(conn);
+    engine.insert(&session);
+    session
+}
+
+pub(super) fn lookup(engine: &EngineInner, head: &Head, endpoint: u8) -> Option<Arc<Session>> {
+    let sid = http::query_param(head.query(), "sid")?;
+    let sid = super::session::Sid::parse(&sid)?;
+    let s = engine.get(&sid)?;
+    (s.endpoint() == endpoint).then_some(s)
+}

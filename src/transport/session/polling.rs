@@ -1,0 +1,107 @@
+//! A session's long-polling side: at most one pending `GET` (which drains the queue)
+//! and one `POST` at a time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use super::{Busy, CloseReason, Session, State};
+use crate::transport::packet::{Kind, Outbound};
+
+/// What a pending polling `GET` answers with.
+pub(crate) enum GetReply {
+    /// Queued packets (or a single noop).
+    Packets(Vec<Outbound>),
+    /// The session is gone: answer with these packets, then forget it.
+    Final(Vec<Outbound>),
+}
+
+impl Session {
+    /// Starts a polling `GET`. Fails if one is already waiting (which, as in the
+    /// reference server, ends the session) or the session no longer polls.
+    pub(crate) fn begin_get(self: &Arc<Self>) -> Result<(), Busy> {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            State::Polling | State::Upgrading | State::Closing => {}
+            State::WebSocket | State::Closed => return Err(Busy::NotPolling),
+        }
+        if inner.get_active {
+            drop(inner);
+            self.close(CloseReason::TransportError);
+            return Err(Busy::Duplicate);
+        }
+        inner.get_active = true;
+        Ok(())
+    }
+
+    /// Ends a polling `GET` (answered or abandoned).
+    pub(crate) fn end_get(&self) {
+        let mut inner = self.inner.lock();
+        inner.get_active = false;
+        if matches!(inner.state, State::Polling | State::Closing) {
+            inner.waker = None;
+        }
+    }
+
+    /// Polls for the answer to a pending `GET`.
+    pub(crate) fn poll_get(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<GetReply> {
+        let mut inner = self.inner.lock();
+        match inner.state {
+            State::Closed => {
+                // A client that closed gets a noop; a session the server ended, a close.
+                let kind = match inner.reason {
+                    Some(CloseReason::TransportClose) => Kind::Noop,
+                    _ => Kind::Close,
+                };
+                Poll::Ready(GetReply::Final(vec![Outbound::control(kind)]))
+            }
+            State::Closing => {
+                let mut out: Vec<Outbound> = inner.queue.drain(..).collect();
+                inner.queued_bytes = 0;
+                out.push(Outbound::control(Kind::Close));
+                inner.state = State::Closed;
+                drop(inner);
+                self.engine.remove(self);
+                Poll::Ready(GetReply::Final(out))
+            }
+            State::WebSocket => Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)])),
+            State::Upgrading => {
+                if inner.noop {
+                    inner.noop = false;
+                    Poll::Ready(GetReply::Packets(vec![Outbound::control(Kind::Noop)]))
+                } else {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+            State::Polling => {
+                if inner.queue.is_empty() {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    let out: Vec<Outbound> = inner.queue.drain(..).collect();
+                    inner.queue = VecDeque::new();
+                    inner.queued_bytes = 0;
+                    Poll::Ready(GetReply::Packets(out))
+                }
+            }
+        }
+    }
+
+    /// Starts a polling `POST`; at most one at a time.
+    pub(crate) fn begin_post(&self) -> Result<(), Busy> {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Polling | State::Upgrading) {
+            return Err(Busy::NotPolling);
+        }
+        if inner.post_active {
+            return Err(Busy::Duplicate);
+        }
+        inner.post_active = true;
+        Ok(())
+    }
+
+    pub(crate) fn end_post(&self) {
+        self.inner.lock().post_active = false;
+    }
+}
