@@ -19,7 +19,7 @@ pub fn engine(data: &[u8]) {
         let end = (h.header_len + h.len).min(data.len());
         let mut payload = data[h.header_len.min(end)..end].to_vec();
         frame::unmask(&mut payload, h.mask, 0);
-        if h.opcode == frame::OP_CLOSE {
+        if h.opcode == frame::Opcode::Close {
             let _ = frame::check_close_payload(&payload);
         }
     }

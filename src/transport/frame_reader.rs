@@ -3,7 +3,7 @@
 //! budget of frames per turn. No socket here, so the fuzz target can drive exactly what
 //! the connection task runs.
 
-use super::frame::{self, FrameError};
+use super::frame::{self, FrameError, Opcode};
 
 /// What the stream carried, in order.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub(crate) struct FrameReader {
     /// `partial` may hold complete frames: the last turn's budget ran out.
     backlog: bool,
     /// A fragmented message being reassembled: its opcode and bytes so far.
-    fragments: Option<(u8, Vec<u8>)>,
+    fragments: Option<(Opcode, Vec<u8>)>,
 }
 
 impl FrameReader {
@@ -122,17 +122,17 @@ impl FrameReader {
 
     fn frame(
         &mut self,
-        opcode: u8,
+        opcode: Opcode,
         fin: bool,
         payload: &mut [u8],
         max_payload: usize,
         on: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<Flow, FrameError> {
         match opcode {
-            frame::OP_TEXT | frame::OP_BINARY => {
+            frame::Opcode::Text | frame::Opcode::Binary => {
                 if self.fragments.is_some() {
                     return Err(FrameError {
-                        code: frame::CLOSE_PROTOCOL,
+                        code: frame::CloseCode::Protocol,
                         reason: "new message inside a fragmented one",
                     });
                 }
@@ -143,16 +143,16 @@ impl FrameReader {
                     Ok(Flow::Continue)
                 }
             }
-            frame::OP_CONTINUATION => {
+            frame::Opcode::Continuation => {
                 let Some((opcode, mut data)) = self.fragments.take() else {
                     return Err(FrameError {
-                        code: frame::CLOSE_PROTOCOL,
+                        code: frame::CloseCode::Protocol,
                         reason: "continuation without a message",
                     });
                 };
                 if data.len() + payload.len() > max_payload {
                     return Err(FrameError {
-                        code: frame::CLOSE_TOO_BIG,
+                        code: frame::CloseCode::TooBig,
                         reason: "message exceeds max payload",
                     });
                 }
@@ -164,26 +164,25 @@ impl FrameReader {
                     Ok(Flow::Continue)
                 }
             }
-            frame::OP_PING => Ok(on(Event::Ping(payload))),
-            frame::OP_PONG => Ok(Flow::Continue),
-            frame::OP_CLOSE => {
+            frame::Opcode::Ping => Ok(on(Event::Ping(payload))),
+            frame::Opcode::Pong => Ok(Flow::Continue),
+            frame::Opcode::Close => {
                 frame::check_close_payload(payload)?;
                 on(Event::Close);
                 Ok(Flow::Stop)
             }
-            _ => unreachable!("parse_header admits only known opcodes"),
         }
     }
 }
 
 fn message(
-    opcode: u8,
+    opcode: Opcode,
     payload: &mut [u8],
     on: &mut dyn FnMut(Event<'_>) -> Flow,
 ) -> Result<Flow, FrameError> {
-    if opcode == frame::OP_TEXT {
+    if opcode == frame::Opcode::Text {
         let text = std::str::from_utf8(payload).map_err(|_| FrameError {
-            code: frame::CLOSE_INVALID_DATA,
+            code: frame::CloseCode::InvalidData,
             reason: "text frame is not UTF-8",
         })?;
         Ok(on(Event::Text(text)))
@@ -196,10 +195,10 @@ fn message(
 mod tests {
     use super::*;
 
-    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    fn masked(opcode: Opcode, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mask = [1, 2, 3, 4];
         let mut out = vec![
-            if fin { 0x80 } else { 0 } | opcode,
+            if fin { 0x80 } else { 0 } | opcode as u8,
             0x80 | payload.len() as u8,
         ];
         out.extend_from_slice(&mask);
@@ -208,7 +207,7 @@ mod tests {
     }
 
     /// Feeds `stream` in pieces of `step` bytes; returns what came out.
-    fn run(stream: &[u8], step: usize, budget: usize) -> (Vec<String>, Option<u16>) {
+    fn run(stream: &[u8], step: usize, budget: usize) -> (Vec<String>, Option<frame::CloseCode>) {
         let mut r = FrameReader::default();
         let mut out = Vec::new();
         for chunk in stream.chunks(step) {
@@ -238,11 +237,11 @@ mod tests {
 
     #[test]
     fn frames_split_anywhere_and_fragments_with_pings_between() {
-        let mut s = masked(frame::OP_TEXT, false, b"he");
-        s.extend(masked(frame::OP_PING, true, b"p"));
-        s.extend(masked(frame::OP_CONTINUATION, true, b"llo"));
-        s.extend(masked(frame::OP_BINARY, true, &[0; 7]));
-        s.extend(masked(frame::OP_CLOSE, true, &[0x03, 0xE8]));
+        let mut s = masked(frame::Opcode::Text, false, b"he");
+        s.extend(masked(frame::Opcode::Ping, true, b"p"));
+        s.extend(masked(frame::Opcode::Continuation, true, b"llo"));
+        s.extend(masked(frame::Opcode::Binary, true, &[0; 7]));
+        s.extend(masked(frame::Opcode::Close, true, &[0x03, 0xE8]));
         let want: Vec<String> = ["ping 1", "text hello", "binary 7", "close"]
             .map(String::from)
             .to_vec();
@@ -260,25 +259,25 @@ mod tests {
 
     #[test]
     fn broken_streams_are_refused_with_their_close_code() {
-        let cont = masked(frame::OP_CONTINUATION, true, b"x");
-        assert_eq!(run(&cont, 3, 9).1, Some(frame::CLOSE_PROTOCOL));
-        let mut nested = masked(frame::OP_TEXT, false, b"a");
-        nested.extend(masked(frame::OP_TEXT, true, b"b"));
-        assert_eq!(run(&nested, 64, 9).1, Some(frame::CLOSE_PROTOCOL));
-        let bad_utf8 = masked(frame::OP_TEXT, true, &[0xC3]);
-        assert_eq!(run(&bad_utf8, 64, 9).1, Some(frame::CLOSE_INVALID_DATA));
+        let cont = masked(frame::Opcode::Continuation, true, b"x");
+        assert_eq!(run(&cont, 3, 9).1, Some(frame::CloseCode::Protocol));
+        let mut nested = masked(frame::Opcode::Text, false, b"a");
+        nested.extend(masked(frame::Opcode::Text, true, b"b"));
+        assert_eq!(run(&nested, 64, 9).1, Some(frame::CloseCode::Protocol));
+        let bad_utf8 = masked(frame::Opcode::Text, true, &[0xC3]);
+        assert_eq!(run(&bad_utf8, 64, 9).1, Some(frame::CloseCode::InvalidData));
         let mut big = Vec::new();
         for _ in 0..3 {
-            big.extend(masked(frame::OP_CONTINUATION, false, &[b'a'; 60]));
+            big.extend(masked(frame::Opcode::Continuation, false, &[b'a'; 60]));
         }
-        big.splice(0..0, masked(frame::OP_TEXT, false, b"a"));
-        assert_eq!(run(&big, 64, 9).1, Some(frame::CLOSE_TOO_BIG));
+        big.splice(0..0, masked(frame::Opcode::Text, false, b"a"));
+        assert_eq!(run(&big, 64, 9).1, Some(frame::CloseCode::TooBig));
     }
 
     #[test]
     fn a_budget_leaves_the_rest_for_the_next_turn() {
         let mut s: Vec<u8> = (0..10)
-            .flat_map(|_| masked(frame::OP_PING, true, b""))
+            .flat_map(|_| masked(frame::Opcode::Ping, true, b""))
             .collect();
         let mut r = FrameReader::default();
         let mut n = 0;

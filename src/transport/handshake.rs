@@ -10,39 +10,80 @@ use super::http::{self, Head, Response};
 use super::packet::{Eio, Outbound};
 use super::session::Session;
 
-/// Engine.IO's error answer: HTTP 400 (or `status`) with `{"code","message"}`.
+/// Engine.IO's error answers, numbered as the reference server numbers them (herald
+/// adds 6 for a body over the payload limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EioError {
+    TransportUnknown,
+    SessionIdUnknown,
+    BadHandshakeMethod,
+    BadRequest,
+    Forbidden,
+    UnsupportedProtocolVersion,
+    PayloadTooLarge,
+}
+
+impl EioError {
+    fn code(self) -> u8 {
+        match self {
+            EioError::TransportUnknown => 0,
+            EioError::SessionIdUnknown => 1,
+            EioError::BadHandshakeMethod => 2,
+            EioError::BadRequest => 3,
+            EioError::Forbidden => 4,
+            EioError::UnsupportedProtocolVersion => 5,
+            EioError::PayloadTooLarge => 6,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            EioError::TransportUnknown => "Transport unknown",
+            EioError::SessionIdUnknown => "Session ID unknown",
+            EioError::BadHandshakeMethod => "Bad handshake method",
+            EioError::BadRequest => "Bad request",
+            EioError::Forbidden => "Forbidden",
+            EioError::UnsupportedProtocolVersion => "Unsupported protocol version",
+            EioError::PayloadTooLarge => "Payload too large",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            EioError::Forbidden => 403,
+            EioError::PayloadTooLarge => 413,
+            _ => 400,
+        }
+    }
+}
+
+/// Engine.IO's error answer: `{"code","message"}` with the error's HTTP status.
 pub(super) fn error_response(
-    status: u16,
-    code: u8,
+    error: EioError,
     keep_alive: bool,
     cors: &[(&'static str, String)],
 ) -> Vec<u8> {
-    let message = match code {
-        0 => "Transport unknown",
-        1 => "Session ID unknown",
-        2 => "Bad handshake method",
-        3 => "Bad request",
-        4 => "Forbidden",
-        5 => "Unsupported protocol version",
-        _ => "Payload too large",
-    };
-    let body = format!("{{\"code\":{code},\"message\":\"{message}\"}}");
-    with_cors(Response::new(status), cors)
+    let body = format!(
+        "{{\"code\":{},\"message\":\"{}\"}}",
+        error.code(),
+        error.message()
+    );
+    with_cors(Response::new(error.status()), cors)
         .header("Content-Type", "application/json")
         .body(body.as_bytes(), keep_alive)
 }
 
 /// The handshake query: protocol revision and transport, validated.
-pub(super) fn parse_query(head: &Head) -> Result<Eio, u8> {
+pub(super) fn parse_query(head: &Head) -> Result<Eio, EioError> {
     let q = head.query();
     match http::query_param(q, "transport").as_deref() {
         Some("polling") | Some("websocket") => {}
-        _ => return Err(0),
+        _ => return Err(EioError::TransportUnknown),
     }
     match http::query_param(q, "EIO").as_deref() {
         Some("4") => Ok(Eio::V4),
         Some("3") => Ok(Eio::V3),
-        _ => Err(5),
+        _ => Err(EioError::UnsupportedProtocolVersion),
     }
 }
 

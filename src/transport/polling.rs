@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 
 use super::cors::with_cors;
 use super::engine::EngineInner;
-use super::handshake::{error_response, handshake_allowed, lookup, open_session, parse_query};
+use super::handshake::{
+    error_response, handshake_allowed, lookup, open_session, parse_query, EioError,
+};
 use super::http::{self, Head, Method, Response};
 use super::packet::{self, Eio};
 use super::request::{read_body, write, BodyError};
@@ -46,7 +48,7 @@ pub(super) async fn polling(
         Ok(e) => e,
         Err(code) => {
             engine.metrics.http_errors.inc();
-            write(engine, stream, &error_response(400, code, ka, cors)).await?;
+            write(engine, stream, &error_response(code, ka, cors)).await?;
             return Ok(Next::KeepAlive);
         }
     };
@@ -66,12 +68,21 @@ pub(super) async fn polling(
         }
         (Method::Get, true) => {
             let Some(session) = lookup(engine, head, endpoint) else {
-                write(engine, stream, &error_response(400, 1, ka, cors)).await?;
+                write(
+                    engine,
+                    stream,
+                    &error_response(EioError::SessionIdUnknown, ka, cors),
+                )
+                .await?;
                 return Ok(Next::KeepAlive);
             };
             if session.expire_if_due() || session.begin_get().is_err() {
-                let code = if session.is_closed() { 1 } else { 3 };
-                write(engine, stream, &error_response(400, code, ka, cors)).await?;
+                let code = if session.is_closed() {
+                    EioError::SessionIdUnknown
+                } else {
+                    EioError::BadRequest
+                };
+                write(engine, stream, &error_response(code, ka, cors)).await?;
                 return Ok(Next::KeepAlive);
             }
             let reply = wait_get(&session, stream, buf).await;
@@ -89,11 +100,21 @@ pub(super) async fn polling(
         }
         (Method::Post, true) => post(engine, stream, head, buf, endpoint, cors).await,
         (_, false) => {
-            write(engine, stream, &error_response(400, 2, ka, cors)).await?;
+            write(
+                engine,
+                stream,
+                &error_response(EioError::BadHandshakeMethod, ka, cors),
+            )
+            .await?;
             Ok(Next::KeepAlive)
         }
         (_, true) => {
-            write(engine, stream, &error_response(400, 3, ka, cors)).await?;
+            write(
+                engine,
+                stream,
+                &error_response(EioError::BadRequest, ka, cors),
+            )
+            .await?;
             Ok(Next::KeepAlive)
         }
     }
@@ -168,11 +189,21 @@ pub(super) async fn post(
 ) -> io::Result<Next> {
     let ka = head.keep_alive;
     let Some(session) = lookup(engine, head, endpoint) else {
-        write(engine, stream, &error_response(400, 1, ka, cors)).await?;
+        write(
+            engine,
+            stream,
+            &error_response(EioError::SessionIdUnknown, ka, cors),
+        )
+        .await?;
         return Ok(Next::Close);
     };
     if session.expire_if_due() || session.begin_post().is_err() {
-        write(engine, stream, &error_response(400, 3, ka, cors)).await?;
+        write(
+            engine,
+            stream,
+            &error_response(EioError::BadRequest, ka, cors),
+        )
+        .await?;
         return Ok(Next::Close);
     }
     let body = read_body(engine, stream, head, buf, engine.config.max_payload).await;
@@ -181,12 +212,22 @@ pub(super) async fn post(
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             session.close(CloseReason::TransportError);
-            write(engine, stream, &error_response(413, 6, false, cors)).await?;
+            write(
+                engine,
+                stream,
+                &error_response(EioError::PayloadTooLarge, false, cors),
+            )
+            .await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Malformed) => {
             session.close(CloseReason::TransportError);
-            write(engine, stream, &error_response(400, 3, false, cors)).await?;
+            write(
+                engine,
+                stream,
+                &error_response(EioError::BadRequest, false, cors),
+            )
+            .await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Gone) => {
@@ -230,7 +271,12 @@ pub(super) async fn post(
             tracing::debug!(sid = %session.sid(), error = %e, "bad polling payload");
             engine.metrics.protocol_errors.inc();
             session.close(CloseReason::ParseError);
-            write(engine, stream, &error_response(400, 3, false, cors)).await?;
+            write(
+                engine,
+                stream,
+                &error_response(EioError::BadRequest, false, cors),
+            )
+            .await?;
             Ok(Next::Close)
         }
     }

@@ -8,7 +8,9 @@ use tokio::net::TcpStream;
 use super::cors::origin_allowed;
 use super::engine::EngineInner;
 use super::frame;
-use super::handshake::{error_response, handshake_allowed, lookup, open_session, parse_query};
+use super::handshake::{
+    error_response, handshake_allowed, lookup, open_session, parse_query, EioError,
+};
 use super::http::{self, Head, Method, Response};
 use super::request::write;
 use super::server::{ConnectionSlot, TOO_MANY};
@@ -26,7 +28,7 @@ pub(super) async fn upgrade(
     remote: SocketAddr,
     cors: &[(&'static str, String)],
 ) {
-    let reject = |code: u8| error_response(400, code, false, cors);
+    let reject = |e: EioError| error_response(e, false, cors);
     let eio = match parse_query(&head) {
         Ok(e) => e,
         Err(code) => {
@@ -36,7 +38,7 @@ pub(super) async fn upgrade(
     };
     if !origin_allowed(engine, &head) {
         tracing::debug!(origin = ?head.origin, "websocket from an origin not in cors_origins refused");
-        let body = error_response(403, 4, false, cors);
+        let body = error_response(EioError::Forbidden, false, cors);
         let _ = write(engine, &stream, &body).await;
         return;
     }
@@ -45,7 +47,7 @@ pub(super) async fn upgrade(
         head.ws_key.as_deref(),
         head.ws_version.as_deref(),
     ) else {
-        let _ = write(engine, &stream, &reject(3)).await;
+        let _ = write(engine, &stream, &reject(EioError::BadRequest)).await;
         return;
     };
     let accept = frame::accept_key(key.as_bytes());
@@ -61,7 +63,7 @@ pub(super) async fn upgrade(
                 // As the reference server does: accept the WebSocket, then close it, so
                 // the client sees a close rather than a failed handshake.
                 let mut bytes = resp;
-                bytes.extend_from_slice(&frame::close_frame(frame::CLOSE_POLICY));
+                bytes.extend_from_slice(&frame::close_frame(frame::CloseCode::Policy));
                 let _ = write(engine, &stream, &bytes).await;
                 return;
             }

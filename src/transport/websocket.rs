@@ -89,6 +89,10 @@ pub(crate) async fn run(
         linger_for,
     };
     if !upgrading {
+        // A fresh session's handshake packet waits 1 ms after the 101. Clients built on
+        // `ws` (the official test suites among them) listen for messages only once their
+        // `open` event has fired; a handshake that shares the 101's TCP segment would
+        // reach them before that and be lost. See docs/protocol.md.
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         d.attach();
     }
@@ -233,10 +237,10 @@ impl Driver {
                 let eio = self.session.eio();
                 self.on_packet(packet::decode_binary_frame(eio, data));
             }
-            Event::Ping(payload) => self.queue_raw(frame::OP_PONG, payload),
+            Event::Ping(payload) => self.queue_raw(frame::Opcode::Pong, payload),
             Event::Close => {
                 self.end(CloseReason::TransportClose);
-                self.close_with(frame::CLOSE_NORMAL);
+                self.close_with(frame::CloseCode::Normal);
             }
         }
         if self.closing {
@@ -252,7 +256,7 @@ impl Driver {
             Err(_) => {
                 self.session.count_protocol_error();
                 self.session.close(CloseReason::ParseError);
-                self.close_with(frame::CLOSE_PROTOCOL);
+                self.close_with(frame::CloseCode::Protocol);
             }
         }
     }
@@ -261,7 +265,7 @@ impl Driver {
     fn on_upgrade_packet(&mut self, text: &str) {
         match packet::decode_text(text) {
             Ok(Packet::Control(Kind::Ping, "probe")) => {
-                self.queue_raw(frame::OP_TEXT, b"3probe");
+                self.queue_raw(frame::Opcode::Text, b"3probe");
                 self.session.probed();
             }
             Ok(Packet::Control(Kind::Upgrade, _)) => {
@@ -269,7 +273,7 @@ impl Driver {
                     self.upgrading = false;
                     self.attach();
                 } else {
-                    self.close_with(frame::CLOSE_POLICY);
+                    self.close_with(frame::CloseCode::Policy);
                 }
             }
             Ok(Packet::Control(Kind::Noop, _)) => {}
@@ -278,7 +282,7 @@ impl Driver {
                 // polling session carries on.
                 self.session.abort_upgrade();
                 self.upgrading = false;
-                self.close_with(frame::CLOSE_PROTOCOL);
+                self.close_with(frame::CloseCode::Protocol);
             }
         }
     }
@@ -310,7 +314,7 @@ impl Driver {
         self.attached = true;
     }
 
-    fn close_with(&mut self, code: u16) {
+    fn close_with(&mut self, code: frame::CloseCode) {
         if !self.closing {
             let close = frame::close_frame(code);
             if self.attached {
@@ -325,7 +329,7 @@ impl Driver {
     /// Queues a frame written by the connection itself (pong, probe answer). Frames of
     /// an attached session count against its queue limit; before that, reading stops
     /// while any are unwritten, which bounds them to one turn's frames.
-    fn queue_raw(&mut self, opcode: u8, payload: &[u8]) {
+    fn queue_raw(&mut self, opcode: frame::Opcode, payload: &[u8]) {
         let mut h = [0u8; MAX_HEADER];
         let n = frame::write_header(&mut h, opcode, payload.len());
         if self.attached {
@@ -403,12 +407,12 @@ impl Driver {
 }
 
 /// The close code that tells the client why its session ended.
-fn close_code(reason: CloseReason) -> u16 {
+fn close_code(reason: CloseReason) -> frame::CloseCode {
     match reason {
-        CloseReason::ParseError => frame::CLOSE_PROTOCOL,
-        CloseReason::QueueOverflow | CloseReason::CredentialsExpired => frame::CLOSE_POLICY,
-        CloseReason::ServerClose => frame::CLOSE_GOING_AWAY,
-        _ => frame::CLOSE_NORMAL,
+        CloseReason::ParseError => frame::CloseCode::Protocol,
+        CloseReason::QueueOverflow | CloseReason::CredentialsExpired => frame::CloseCode::Policy,
+        CloseReason::ServerClose => frame::CloseCode::GoingAway,
+        _ => frame::CloseCode::Normal,
     }
 }
 
@@ -442,8 +446,8 @@ fn write_frames_n<const N: usize>(
     let mut iov: [[IoSlice<'_>; 2]; N] = [[IoSlice::new(&[]); 2]; N];
     for (i, p) in batch.iter().enumerate() {
         let (opcode, body, prefix) = match p {
-            Outbound::Text(t) => (frame::OP_TEXT, t, false),
-            Outbound::Binary(b) => (frame::OP_BINARY, b, v3),
+            Outbound::Text(t) => (frame::Opcode::Text, t, false),
+            Outbound::Binary(b) => (frame::Opcode::Binary, b, v3),
         };
         let mut h = [0u8; MAX_HEADER];
         let n = frame::write_header(&mut h, opcode, body.len() + prefix as usize);
