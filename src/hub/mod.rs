@@ -12,7 +12,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
+
+mod broadcast;
+mod sent;
+
+use broadcast::Broadcasts;
+use sent::Sent;
 
 use crate::protocol::packet;
 use crate::protocol::{Args, Socket};
@@ -63,17 +69,6 @@ pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Ve
     packet::encode_event("/", event, &Args::from_raw(args, Vec::new()), Some(seq))
 }
 
-/// Fans out the broadcasts that arrive, a batch at a time, until the hub is dropped.
-async fn fan_out_task(b: Arc<Broadcasts>, hub: Weak<Hub>) {
-    loop {
-        b.notify.notified().await;
-        // Let the tasks that are ready (often more broadcasts) run first.
-        tokio::task::yield_now().await;
-        let Some(hub) = hub.upgrade() else { break };
-        hub.flush_broadcasts();
-    }
-}
-
 /// `s` as a JSON string.
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
@@ -92,54 +87,6 @@ struct Member {
     replay: Option<Box<Replay>>,
     /// The stored seqs queued to this connection: the only ones it may acknowledge.
     sent: Sent,
-}
-
-/// The stored seqs queued to one connection, as ranges. A connection is sent a run of
-/// consecutive seqs (from where it resumed, or joined, on), so this is almost always
-/// one range; a message its full queue refused starts another.
-#[derive(Debug, Default)]
-struct Sent {
-    /// The latest range, `first..=last`; none while `first` is 0 (seqs start at 1).
-    first: u64,
-    last: u64,
-    /// Earlier ranges, oldest first, at most [`MAX_SENT_RANGES`]: acks for ranges
-    /// forgotten beyond that are ignored, the safe side (a redelivery, never a loss).
-    older: Option<Box<[(u64, u64)]>>,
-}
-
-/// Earlier ranges of sent seqs kept per connection.
-const MAX_SENT_RANGES: usize = 16;
-
-impl Sent {
-    fn record(&mut self, seq: u64) {
-        if self.first != 0 {
-            if seq == self.last + 1 {
-                self.last = seq;
-                return;
-            }
-            if (self.first..=self.last).contains(&seq) {
-                return;
-            }
-            // Rare (a message refused by a full queue), so the list is rebuilt rather
-            // than kept with room to grow: it costs an idle connection nothing.
-            let mut older = self.older.take().map_or_else(Vec::new, Vec::from);
-            if older.len() == MAX_SENT_RANGES {
-                older.remove(0);
-            }
-            older.push((self.first, self.last));
-            self.older = Some(older.into_boxed_slice());
-        }
-        self.first = seq;
-        self.last = seq;
-    }
-
-    fn contains(&self, seq: u64) -> bool {
-        (self.first != 0 && (self.first..=self.last).contains(&seq))
-            || self
-                .older
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|&(a, b)| (a..=b).contains(&seq)))
-    }
 }
 
 /// Live stored messages held during a replay.
@@ -214,18 +161,6 @@ pub struct Hub {
     fanning_out: Mutex<()>,
     me: Weak<Hub>,
 }
-
-/// Broadcasts waiting for the fan-out task.
-#[derive(Default)]
-struct Broadcasts {
-    pending: Mutex<Vec<Vec<Outbound>>>,
-    notify: tokio::sync::Notify,
-    started: OnceLock<()>,
-}
-
-/// Broadcasts waiting beyond this are fanned out by the pusher itself (which slows a
-/// flood of broadcasts down to the pace of fanning them out).
-const MAX_PENDING_BROADCASTS: usize = 1024;
 
 impl Drop for Hub {
     fn drop(&mut self) {
@@ -414,76 +349,6 @@ impl Hub {
         Delivery { queued, gaps }
     }
 
-    /// Hands a broadcast to the fan-out task (started on first use), or fans out at
-    /// once where there is no runtime, or too many broadcasts wait.
-    fn broadcast(&self, packets: Vec<Outbound>) {
-        let b = &self.broadcasts;
-        self.unfinished.fetch_add(1, Ordering::AcqRel);
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.fan_out_now(packets);
-        };
-        b.started.get_or_init(|| {
-            rt.spawn(fan_out_task(b.clone(), self.me.clone()));
-        });
-        let mut pending = b.pending.lock();
-        if pending.len() >= MAX_PENDING_BROADCASTS {
-            drop(pending);
-            return self.fan_out_now(packets);
-        }
-        pending.push(packets);
-        let first = pending.len() == 1;
-        drop(pending);
-        if first {
-            b.notify.notify_one();
-        }
-    }
-
-    /// Fans out `packets` now, after every broadcast accepted before it.
-    fn fan_out_now(&self, packets: Vec<Outbound>) {
-        let _order = self.fanning_out.lock();
-        let mut batch = self.take_pending();
-        batch.push(packets);
-        self.fan_out_locked(&batch);
-    }
-
-    /// Finishes the fan-out of every broadcast accepted so far (waiting for one in
-    /// progress); used before a push to users, and at shutdown.
-    pub fn flush_broadcasts(&self) {
-        let _order = self.fanning_out.lock();
-        let batch = self.take_pending();
-        if !batch.is_empty() {
-            self.fan_out_locked(&batch);
-        }
-    }
-
-    /// Takes the waiting broadcasts; call with `fanning_out` held, and fan them out
-    /// before letting go of it.
-    fn take_pending(&self) -> Vec<Vec<Outbound>> {
-        std::mem::take(&mut *self.broadcasts.pending.lock())
-    }
-
-    /// Queues every broadcast of `batch`, in order, on every socket: one visit each.
-    /// Call with `fanning_out` held.
-    fn fan_out_locked(&self, batch: &[Vec<Outbound>]) {
-        let mut ok = 0;
-        let mut sockets = 0;
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for members in shard.values() {
-                for m in members {
-                    ok += m.socket.send_each(batch);
-                    sockets += 1;
-                }
-            }
-        }
-        self.metrics.deliveries.add(ok as u64);
-        self.metrics
-            .delivery_failures
-            .add((sockets * batch.len() - ok) as u64);
-        // Every broadcast was counted when it was accepted.
-        self.unfinished.fetch_sub(batch.len(), Ordering::AcqRel);
-    }
-
     /// Sends or holds one stored copy for one connection.
     fn offer(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> Offer {
         if let Some(replay) = m.replay.as_mut() {
@@ -608,32 +473,5 @@ impl Hub {
         }
         self.metrics.deliveries.add(ok as u64);
         ok
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Sent;
-
-    #[test]
-    fn sent_seqs_are_ranges_and_only_they_count() {
-        let mut s = Sent::default();
-        assert!(!s.contains(0) && !s.contains(1));
-        // Resumed after 3: sent 4 and 5.
-        s.record(4);
-        s.record(5);
-        assert!(!s.contains(1) && !s.contains(2) && !s.contains(3));
-        assert!(s.contains(4) && s.contains(5) && !s.contains(6));
-        // 6 was refused by a full queue; 7 and 8 went out.
-        s.record(7);
-        s.record(8);
-        assert!(s.contains(5) && !s.contains(6) && s.contains(7) && s.contains(8));
-        // Bounded: the oldest ranges are forgotten.
-        for i in 0..40 {
-            s.record(100 + 2 * i);
-        }
-        assert!(!s.contains(4), "the oldest ranges are dropped");
-        assert!(s.contains(178));
-        assert!(s.older.as_ref().unwrap().len() <= super::MAX_SENT_RANGES);
     }
 }

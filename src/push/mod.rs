@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
+mod data;
+
+pub use data::check_data;
+
 use crate::delivery::Delivery;
 use crate::store::{NewMessage, Store, StoreError};
 use crate::vocab::{now_ms, Message, Target, UserId};
@@ -371,92 +375,6 @@ fn fingerprint(req: &PushRequest, users: Option<&[String]>, durable: bool) -> u6
     users.hash(&mut h);
     durable.hash(&mut h);
     h.finish()
-}
-
-/// Checks that a push's `data` can be carried on every path as pushed: nested at most
-/// `max_depth` deep (clients and JSON libraries have recursion limits), numbers that fit
-/// a double (JavaScript would read `1e999999` as `Infinity`), strings of valid Unicode
-/// (no lone surrogate escapes such as `"\ud800"`).
-pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
-    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
-
-    struct Level(usize);
-
-    impl<'de> DeserializeSeed<'de> for Level {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Level {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-            if v.is_finite() {
-                Ok(())
-            } else {
-                Err(E::custom("number out of range"))
-            }
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let inner = self.deeper::<A::Error>()?;
-            while seq.next_element_seed(Level(inner))?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let inner = self.deeper::<A::Error>()?;
-            while map.next_key_seed(Level(inner))?.is_some() {
-                map.next_value_seed(Level(inner))?;
-            }
-            Ok(())
-        }
-    }
-
-    impl Level {
-        fn deeper<E: serde::de::Error>(&self) -> Result<usize, E> {
-            self.0.checked_sub(1).ok_or_else(|| E::custom(DEEP))
-        }
-    }
-
-    const DEEP: &str = "nested too deep";
-    let mut de = serde_json::Deserializer::from_str(json);
-    let checked = Level(max_depth)
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-    checked.map_err(|e| {
-        let detail = e.to_string();
-        if detail.starts_with(DEEP) {
-            format!("data nests arrays and objects deeper than {max_depth} levels (api.max_data_depth)")
-        } else if detail.contains("surrogate") || detail.contains("hex escape") {
-            format!(
-                "data holds a lone UTF-16 surrogate escape such as \\ud800, which is not Unicode text: {detail}"
-            )
-        } else if detail.contains("out of range") {
-            format!(
-                "data holds a number out of range of a double (JavaScript would read it as Infinity): {detail}"
-            )
-        } else {
-            format!("data is not valid JSON: {detail}")
-        }
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,145 @@
+//! The reader connection's answers: inbox pages, unread counts, device positions, a
+//! message's state, idempotency keys.
+
+use super::super::{MessageState, ReadOp, Recipient, StoreError, StoredMessage, Unread};
+use super::{i, Conn};
+
+pub(super) async fn answer(conn: &mut Conn, op: ReadOp) {
+    match op {
+        ReadOp::Messages {
+            user,
+            after,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(messages(conn, &user, after, limit).await);
+        }
+        ReadOp::Unread { user, reply } => {
+            let _ = reply.send(unread(conn, &user).await);
+        }
+        ReadOp::DeviceAcked {
+            user,
+            device,
+            reply,
+        } => {
+            let r = async {
+                let c = conn.get().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT acked_seq FROM devices WHERE user_id = $1 AND device_id = $2",
+                        &[&user, &device],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+            }
+            .await;
+            let _ = reply.send(r);
+        }
+        ReadOp::State { id, reply } => {
+            let _ = reply.send(state(conn, &id).await);
+        }
+        ReadOp::IdempotencyKey { key, reply } => {
+            let r = async {
+                let c = conn.get().await?;
+                let row = c
+                    .query_opt("SELECT 1 FROM idempotency WHERE key = $1", &[&key])
+                    .await?;
+                Ok(row.is_some())
+            }
+            .await;
+            let _ = reply.send(r);
+        }
+    }
+}
+
+fn opt(v: Option<i64>) -> Option<u64> {
+    v.map(|x| x as u64)
+}
+
+async fn messages(
+    conn: &mut Conn,
+    user: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let c = conn.get().await?;
+    let rows = c
+        .query(
+            "SELECT i.seq, i.message_id, m.event, m.data, i.ts, i.delivered_at, i.read_at
+             FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+            &[&user, &i(after), &(limit as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredMessage {
+            seq: r.get::<_, i64>(0) as u64,
+            id: r.get(1),
+            event: r.get(2),
+            data: serde_json::value::RawValue::from_string(r.get(3))
+                .unwrap_or_else(|_| super::super::sqlite::raw_null()),
+            ts: r.get::<_, i64>(4) as u64,
+            delivered_at: opt(r.get(5)),
+            read_at: opt(r.get(6)),
+        })
+        .collect())
+}
+
+async fn unread(conn: &mut Conn, user: &str) -> Result<Unread, StoreError> {
+    let c = conn.get().await?;
+    let Some(row) = c
+        .query_opt(
+            "SELECT last_seq, read_upto FROM users WHERE user_id = $1",
+            &[&user],
+        )
+        .await?
+    else {
+        return Ok(Unread::default());
+    };
+    let (last, read): (i64, i64) = (row.get(0), row.get(1));
+    let count: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM inbox WHERE user_id = $1 AND seq > $2",
+            &[&user, &read],
+        )
+        .await?
+        .get(0);
+    Ok(Unread {
+        unread: count as u64,
+        last_seq: last as u64,
+        read_up_to: read as u64,
+    })
+}
+
+async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreError> {
+    let c = conn.get().await?;
+    let Some(head) = c
+        .query_opt("SELECT event, ts FROM messages WHERE id = $1", &[&id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let rows = c
+        .query(
+            "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
+             WHERE message_id = $1 ORDER BY user_id LIMIT 10000",
+            &[&id],
+        )
+        .await?;
+    Ok(Some(MessageState {
+        id: id.to_owned(),
+        event: head.get(0),
+        ts: head.get::<_, i64>(1) as u64,
+        recipients: rows
+            .iter()
+            .map(|r| Recipient {
+                user: r.get(0),
+                seq: r.get::<_, i64>(1) as u64,
+                stored_at: r.get::<_, i64>(2) as u64,
+                delivered_at: opt(r.get(3)),
+                read_at: opt(r.get(4)),
+            })
+            .collect(),
+    }))
+}
