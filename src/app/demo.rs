@@ -17,7 +17,7 @@ use super::config::DemoSection;
 use crate::push::{PushRequest, PushService, To};
 
 /// Pushes `hello` {x, y} to everyone, every second, through the push service.
-pub async fn ticker(push: Arc<PushService>) {
+pub(crate) async fn ticker(push: Arc<PushService>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
@@ -58,7 +58,7 @@ struct LibQuery {
 }
 
 /// The demo page and the client libraries it loads.
-pub fn routes(cfg: &DemoSection) -> anyhow::Result<axum::Router> {
+pub(crate) fn routes(cfg: &DemoSection) -> anyhow::Result<axum::Router> {
     let load = |path: &str| -> anyhow::Result<Option<Bytes>> {
         if path.is_empty() {
             return Ok(None);

@@ -235,19 +235,6 @@ impl Hub {
         left
     }
 
-    /// Every user held here, with their connection count.
-    pub fn user_counts(&self) -> Vec<(String, usize)> {
-        self.shards
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .iter()
-                    .map(|(u, ms)| (u.to_string(), ms.len()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
     /// Puts every live connection that has a known position into replay mode (holding
     /// live messages) and returns them with that position, to be caught up from the
     /// store after this node missed messages.

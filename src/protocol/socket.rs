@@ -86,11 +86,6 @@ impl Socket {
         &self.0.session
     }
 
-    /// Whether the client speaks Socket.IO v5 (Engine.IO v4).
-    pub fn is_v5(&self) -> bool {
-        self.0.session.eio() == Eio::V4
-    }
-
     /// Attaches application data; only the first call takes effect.
     pub fn set_data<T: Any + Send + Sync>(&self, data: T) {
         let _ = self.0.data.set(Box::new(data));

@@ -361,7 +361,7 @@ pub(crate) struct Response {
 }
 
 impl Response {
-    pub fn new(status: u16) -> Response {
+    pub(crate) fn new(status: u16) -> Response {
         let reason = match status {
             101 => "Switching Protocols",
             200 => "OK",
@@ -385,7 +385,7 @@ impl Response {
         Response { buf }
     }
 
-    pub fn header(mut self, name: &str, value: &str) -> Response {
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Response {
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.extend_from_slice(b": ");
         self.buf.extend_from_slice(value.as_bytes());
@@ -394,7 +394,7 @@ impl Response {
     }
 
     /// Finishes the response with `body` and a `Content-Length`.
-    pub fn body(mut self, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    pub(crate) fn body(mut self, body: &[u8], keep_alive: bool) -> Vec<u8> {
         if !keep_alive {
             self.buf.extend_from_slice(b"Connection: close\r\n");
         }
@@ -405,7 +405,7 @@ impl Response {
     }
 
     /// Finishes a response that has no body and no length (101).
-    pub fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         self.buf.extend_from_slice(b"\r\n");
         self.buf
     }

@@ -1,6 +1,6 @@
 //! Test helpers shared by the integration tests: a hand-rolled WebSocket client that can
 //! send what no library would, and a raw HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
