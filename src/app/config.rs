@@ -289,7 +289,7 @@ impl Config {
             bail!("store.url must be postgres://…, sqlite:PATH or empty, got `{url}`");
         }
         if !self.cluster.redis.is_empty() {
-            crate::broker::redis::parse_url(&self.cluster.redis).map_err(anyhow::Error::msg)?;
+            crate::broker::redis::parse_url(&self.cluster.redis)?;
             if self.store.url.is_empty() || self.store.url.starts_with("sqlite:") {
                 tracing::warn!(
                     "cluster mode with an embedded store: each node has its own inbox; \
@@ -299,9 +299,6 @@ impl Config {
         }
         if self.store.max_batch == 0 || self.store.max_page == 0 {
             bail!("store.max_batch and store.max_page must be positive");
-        }
-        if !matches!(self.store.sqlite_sync.as_str(), "full" | "normal") {
-            bail!("store.sqlite_sync must be `full` or `normal`");
         }
         if !(1..=100).contains(&self.api.max_data_depth) {
             bail!(
@@ -522,6 +519,14 @@ mod tests {
         assert!(format!("{e:#}").contains("invalid configuration"), "{e:#}");
         let e = Config::load(&flags(), env(&[("HERALD_LISTEN", "nowhere")])).unwrap_err();
         assert!(format!("{e:#}").contains("listen"), "{e:#}");
+        // An unknown sync mode is refused, not taken for `full`.
+        let e = Config::load(&flags(), env(&[("HERALD_STORE_SQLITE_SYNC", "fsync")])).unwrap_err();
+        assert!(format!("{e:#}").contains("fsync"), "{e:#}");
+        for bad in ["10.0.0.0/33", "not-an-address"] {
+            let e = Config::load(&flags(), env(&[("HERALD_TRANSPORT_IP_LIMIT_EXEMPT", bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("ip_limit_exempt"), "{e:#}");
+        }
     }
 
     #[test]

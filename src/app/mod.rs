@@ -58,7 +58,7 @@ impl Node {
         let (broker, cluster): (Arc<dyn Broker>, _) = if config.cluster.redis.is_empty() {
             (Arc::new(MemoryBroker::single()), None)
         } else {
-            let c = RedisBroker::start(&config.cluster, inbound_tx).map_err(anyhow::Error::msg)?;
+            let c = RedisBroker::start(&config.cluster, inbound_tx)?;
             tracing::info!(node = c.node(), "cluster mode");
             (Arc::new(c.clone()), Some(c))
         };

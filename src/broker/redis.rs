@@ -117,39 +117,58 @@ const ALL: &[u8] = b"herald:all";
 /// Cluster they live in one slot, on one shard, and one connection reaches them all.
 const NODES: &[u8] = b"{herald}:nodes";
 
+/// Why the broker cannot start, or cannot connect.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cluster.redis must be redis://[:password@]host[:port], got `{0}`")]
+    Url(String),
+    #[error("cannot connect to Redis at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("Redis keeps redirecting herald's keys (last to {0})")]
+    Redirects(String),
+}
+
 /// Connects the command connection to the Redis node that holds herald's keys: on a
 /// Redis Cluster, the node given may answer `MOVED <slot> <host:port>`, and herald
 /// follows it (a single Redis never does).
 async fn connect_commands(
     addr: &str,
     password: Option<&str>,
-) -> Result<(Commands, tokio::sync::oneshot::Receiver<()>), String> {
+) -> Result<(Commands, tokio::sync::oneshot::Receiver<()>), BrokerError> {
     let mut addr = addr.to_owned();
     for _ in 0..3 {
-        let (cmds, closed) = Commands::connect(&addr).await.map_err(|e| e.to_string())?;
-        if let Some(pw) = password {
-            cmds.call(&[b"AUTH", pw.as_bytes()])
+        let (cmds, closed) =
+            Commands::connect(&addr)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| BrokerError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        if let Some(pw) = password {
+            cmds.call(&[b"AUTH", pw.as_bytes()]).await?;
         }
         match cmds.call(&[b"EXISTS", NODES]).await {
             Ok(_) => return Ok((cmds, closed)),
             Err(RedisError::Server(e)) if e.starts_with("MOVED ") => {
                 addr = e.split(' ').nth(2).unwrap_or_default().to_owned();
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(format!(
-        "redis keeps redirecting herald's keys (last to {addr})"
-    ))
+    Err(BrokerError::Redirects(addr))
 }
 
 /// `(host:port, password)` from `redis://[:password@]host[:port][/db]`.
-pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
+pub fn parse_url(url: &str) -> Result<(String, Option<String>), BrokerError> {
     let rest = url
         .strip_prefix("redis://")
-        .ok_or_else(|| format!("cluster.redis must start with redis://, got `{url}`"))?;
+        .ok_or_else(|| BrokerError::Url(url.to_owned()))?;
     let rest = rest.split('/').next().unwrap_or_default();
     let (password, host) = match rest.rsplit_once('@') {
         Some((creds, host)) => {
@@ -159,7 +178,7 @@ pub fn parse_url(url: &str) -> Result<(String, Option<String>), String> {
         None => (None, rest),
     };
     if host.is_empty() {
-        return Err(format!("cluster.redis has no host: `{url}`"));
+        return Err(BrokerError::Url(url.to_owned()));
     }
     let host = if host.contains(':') {
         host.to_owned()
@@ -176,7 +195,7 @@ impl RedisBroker {
     pub fn start(
         config: &ClusterConfig,
         inbound: mpsc::Sender<Inbound>,
-    ) -> Result<RedisBroker, String> {
+    ) -> Result<RedisBroker, BrokerError> {
         let (addr, password) = parse_url(&config.redis)?;
         let node = if config.node_id.is_empty() {
             format!("{:016x}", rand::random::<u64>())
@@ -260,18 +279,21 @@ impl RedisBroker {
             tokio::sync::oneshot::Receiver<()>,
             tokio::sync::oneshot::Receiver<()>,
         ),
-        String,
+        BrokerError,
     > {
         let (cmds, cmd_closed) = connect_commands(&self.0.addr, self.0.password.as_deref()).await?;
         let (tx, rx) = mpsc::channel::<Published>(65_536);
         let (sub, sub_closed) = Subscriber::connect(&self.0.addr, tx)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| BrokerError::Connect {
+                addr: self.0.addr.clone(),
+                source,
+            })?;
         if let Some(pw) = &self.0.password {
             // The subscriber authenticates before it subscribes (commands are ordered).
             let mut auth = Vec::new();
             super::resp::encode(&[b"AUTH", pw.as_bytes()], &mut auth);
-            sub.raw(auth).map_err(|e| e.to_string())?;
+            sub.raw(auth)?;
         }
         tokio::spawn(self.clone().receive(rx));
         // Subscriptions and presence for every user held here.
@@ -286,16 +308,13 @@ impl RedisBroker {
         channels.push(ALL.to_vec());
         for chunk in channels.chunks(512) {
             let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            sub.subscribe(&refs).map_err(|e| e.to_string())?;
+            sub.subscribe(&refs)?;
         }
         let node = self.0.node.as_bytes();
         let ttl = self.0.ttl.as_secs().to_string();
         cmds.call(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()])
-            .await
-            .map_err(|e| e.to_string())?;
-        cmds.call(&[b"SADD", NODES, node])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
+        cmds.call(&[b"SADD", NODES, node]).await?;
         for (user, n) in &users {
             register(&cmds, &self.0.node, user, *n);
         }

@@ -42,7 +42,19 @@ pub struct StoreConfig {
     pub max_page: usize,
     /// SQLite: `full` fsyncs every commit (survives power loss), `normal` only
     /// checkpoints (survives a crashed process). Default `full`.
-    pub sqlite_sync: String,
+    pub sqlite_sync: SqliteSync,
+}
+
+/// How SQLite makes a commit durable (`store.sqlite_sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// Every commit is fsynced: it survives a power loss.
+    #[default]
+    Full,
+    /// Only checkpoints are fsynced: a commit survives a crashed process, not a power
+    /// loss.
+    Normal,
 }
 
 impl Default for StoreConfig {
@@ -56,16 +68,34 @@ impl Default for StoreConfig {
             retention_max_messages: 10_000,
             sweep_interval_secs: 60,
             max_page: 1000,
-            sqlite_sync: "full".into(),
+            sqlite_sync: SqliteSync::Full,
         }
     }
 }
 
 /// A store failure. The request that hit it gets an error; nothing is half-stored.
+/// Cheap to clone (a failed batch answers each of its callers), and keeps its source.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("store error: {0}")]
-    Backend(String),
+    #[error("SQLite: {0}")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// A file or directory of the embedded store.
+    #[error("{what}: {source}")]
+    File {
+        what: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The database file was removed or replaced under the running process.
+    #[error("the database file {0} was removed or replaced while herald ran; nothing more is written to it: restore it, or restart herald to open the file now at that path")]
+    Lost(String),
+    /// A stored answer that does not read back (an idempotency key's first answer).
+    #[error("a stored answer is unreadable: {0}")]
+    Corrupt(#[source] Arc<serde_json::Error>),
+    #[error("store.url must be postgres://… or empty, got `{0}`")]
+    Url(String),
     #[error("the store is shutting down")]
     Closed,
     #[error("idempotency key reused with a different request")]
@@ -74,13 +104,19 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Backend(e.to_string())
+        StoreError::Sqlite(Arc::new(e))
     }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
-        StoreError::Backend(e.to_string())
+        StoreError::Postgres(Arc::new(e))
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> StoreError {
+        StoreError::Corrupt(Arc::new(e))
     }
 }
 
@@ -267,10 +303,7 @@ impl Store {
         } else if config.url.is_empty() || config.url.starts_with("sqlite:") {
             sqlite::start(&config, wrx, rrx, committed, health.clone())?;
         } else {
-            return Err(StoreError::Backend(format!(
-                "store.url must be postgres://… or empty, got `{}`",
-                config.url
-            )));
+            return Err(StoreError::Url(config.url.clone()));
         }
         Ok(Store {
             writes: wtx,

@@ -16,11 +16,11 @@ use tokio::sync::mpsc;
 
 use super::{
     appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
-    Retention, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+    Retention, SqliteSync, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
 };
 use crate::vocab::Message;
 
-fn open(path: &str, uri: bool, sync: &str) -> Result<Connection, StoreError> {
+fn open(path: &str, uri: bool, sync: SqliteSync) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -31,8 +31,8 @@ fn open(path: &str, uri: bool, sync: &str) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match sync {
-        "normal" => "NORMAL",
-        _ => "FULL",
+        SqliteSync::Normal => "NORMAL",
+        SqliteSync::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
     Ok(conn)
@@ -76,8 +76,9 @@ pub(super) fn start(
         scratch = Some(p.clone());
         (p.to_string_lossy().into_owned(), false)
     } else if target.is_empty() {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create data dir {}: {e}", cfg.data_dir))
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StoreError::File {
+            what: format!("cannot create data dir {}", cfg.data_dir),
+            source: Arc::new(e),
         })?;
         (
             format!("{}/herald.db", cfg.data_dir.trim_end_matches('/')),
@@ -86,10 +87,10 @@ pub(super) fn start(
     } else {
         (target.to_owned(), false)
     };
-    let mut writer = open(&path, uri, &cfg.sqlite_sync)?;
+    let mut writer = open(&path, uri, cfg.sqlite_sync)?;
     migrate(&mut writer)?;
     let mut file = FileIdentity::of(&path)?;
-    let reader = open(&path, uri, &cfg.sqlite_sync)?;
+    let reader = open(&path, uri, cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
@@ -139,7 +140,10 @@ pub(super) fn start(
                 }
             }
         })
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        .map_err(|e| StoreError::File {
+            what: "cannot start a store thread".into(),
+            source: Arc::new(e),
+        })?;
     std::thread::Builder::new()
         .name("herald-store-reader".into())
         .spawn(move || {
@@ -147,7 +151,10 @@ pub(super) fn start(
                 answer(&reader, op);
             }
         })
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        .map_err(|e| StoreError::File {
+            what: "cannot start a store thread".into(),
+            source: Arc::new(e),
+        })?;
     Ok(())
 }
 
@@ -165,8 +172,10 @@ struct FileIdentity {
 impl FileIdentity {
     fn of(path: &str) -> Result<FileIdentity, StoreError> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)
-            .map_err(|e| StoreError::Backend(format!("cannot stat the database {path}: {e}")))?;
+        let m = std::fs::metadata(path).map_err(|e| StoreError::File {
+            what: format!("cannot stat the database {path}"),
+            source: Arc::new(e),
+        })?;
         Ok(FileIdentity {
             path: path.to_owned(),
             dev: m.dev(),
@@ -182,12 +191,7 @@ impl FileIdentity {
                 .map_or(true, |m| m.dev() != self.dev || m.ino() != self.ino);
         }
         if self.lost {
-            return Err(StoreError::Backend(format!(
-                "the database file {} was removed or replaced while herald ran; \
-                 nothing more is written to it: restore it, or restart herald to open \
-                 the file now at that path",
-                self.path
-            )));
+            return Err(StoreError::Lost(self.path.clone()));
         }
         Ok(())
     }
@@ -341,7 +345,7 @@ fn append(
                     a.duplicate = true;
                     a
                 })
-                .map_err(|e| StoreError::Backend(e.to_string())));
+                .map_err(StoreError::from));
         }
     }
     tx.prepare_cached("INSERT INTO messages (id, event, data, ts) VALUES (?1, ?2, ?3, ?4)")?

@@ -429,7 +429,7 @@ async fn append(
                     a.duplicate = true;
                     a
                 })
-                .map_err(|e| StoreError::Backend(e.to_string())));
+                .map_err(StoreError::from));
         }
     }
     let seqs = append_all(tx, &[msg]).await?.pop().unwrap_or_default();
