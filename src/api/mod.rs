@@ -81,6 +81,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("this endpoint takes no request body")]
+    NoBodyHere,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("not found")]
@@ -98,7 +100,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge | ApiError::NoBodyHere => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -512,14 +516,21 @@ fn needs_key(path: &str) -> bool {
 
 impl Fallback for HttpService {
     fn precheck(&self, request: &http::request::Parts) -> Option<http::Response<Bytes>> {
+        let path = request.uri.path();
+        if !needs_key(path) {
+            // Nothing outside the API takes a body: none is read (or held) for them.
+            let has_body = request.headers.contains_key(header::TRANSFER_ENCODING)
+                || request
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0");
+            return has_body.then(|| error_response(ApiError::NoBodyHere));
+        }
         let (keys, open) = self.keys.as_ref()?;
-        if !needs_key(request.uri.path()) || check_key(keys, *open, &request.headers).is_ok() {
+        if check_key(keys, *open, &request.headers).is_ok() {
             return None;
         }
-        tracing::debug!(
-            path = request.uri.path(),
-            "API request refused: missing or invalid API key"
-        );
+        tracing::debug!(path, "API request refused: missing or invalid API key");
         Some(error_response(ApiError::Unauthorized))
     }
 

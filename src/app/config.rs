@@ -71,6 +71,8 @@ pub struct TransportSection {
     pub max_queue_packets: usize,
     /// Bytes queued for one client. Default 4 MiB.
     pub max_queue_bytes: usize,
+    /// Bytes queued for a client that has not joined a namespace. Default 64 KiB.
+    pub max_queue_bytes_before_connect: usize,
     /// `disconnect` or `drop` when a client's queue is full. Default `disconnect`.
     pub overflow: OverflowPolicy,
     /// Origins allowed for cross-origin polling; `*` for any, without credentials.
@@ -85,6 +87,10 @@ pub struct TransportSection {
     /// Engine.IO handshakes one address may open per second (bursts of as many); 0 for
     /// no limit. Default 100.
     pub max_handshakes_per_ip_per_sec: u32,
+    /// Engine.IO sessions on this node. Default 100,000.
+    pub max_sessions: usize,
+    /// Engine.IO sessions of one address; 0 for no limit. Default 1,000.
+    pub max_sessions_per_ip: usize,
     /// Addresses or CIDR blocks the per-address limits do not apply to (a load
     /// balancer, a reverse proxy). Default: none.
     pub ip_limit_exempt: Vec<String>,
@@ -110,12 +116,15 @@ impl Default for TransportSection {
             max_payload: e.max_payload,
             max_queue_packets: e.max_queue_packets,
             max_queue_bytes: e.max_queue_bytes,
+            max_queue_bytes_before_connect: e.max_queue_bytes_before_connect,
             overflow: e.overflow,
             cors_origins: e.cors_origins,
             cors_credentials: e.cors_credentials,
             max_connections: e.max_connections,
             max_connections_per_ip: e.max_connections_per_ip,
             max_handshakes_per_ip_per_sec: e.max_handshakes_per_ip_per_sec,
+            max_sessions: e.max_sessions,
+            max_sessions_per_ip: e.max_sessions_per_ip,
             ip_limit_exempt: e.ip_limit_exempt,
             max_header_bytes: e.max_header_bytes,
             request_timeout_ms: e.request_timeout.as_millis() as u64,
@@ -334,6 +343,7 @@ impl Config {
             max_payload: t.max_payload,
             max_queue_packets: t.max_queue_packets,
             max_queue_bytes: t.max_queue_bytes,
+            max_queue_bytes_before_connect: t.max_queue_bytes_before_connect,
             overflow: t.overflow,
             cors_origins: t.cors_origins.clone(),
             cors_credentials: t.cors_credentials,
@@ -344,6 +354,8 @@ impl Config {
             max_connections: t.max_connections,
             max_connections_per_ip: t.max_connections_per_ip,
             max_handshakes_per_ip_per_sec: t.max_handshakes_per_ip_per_sec,
+            max_sessions: t.max_sessions,
+            max_sessions_per_ip: t.max_sessions_per_ip,
             ip_limit_exempt: t.ip_limit_exempt.clone(),
         }
     }

@@ -138,8 +138,42 @@ impl Node {
     }
 }
 
+/// File descriptors kept for everything but client connections: the listener, the
+/// store's files, PostgreSQL and Redis connections, logs.
+const RESERVED_FDS: u64 = 128;
+
+/// Raises the open-files limit to its hard maximum and makes `max_connections` fit in
+/// it: past the limit, accepts fail and every client (and the API) is refused, where
+/// `max_connections` would refuse only the newest.
+fn fit_file_limit(config: &mut config::Config) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let Some(files) = limit.current else { return };
+    let room = usize::try_from(files.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    let t = &mut config.transport;
+    if t.max_connections > room {
+        tracing::warn!(
+            max_connections = t.max_connections,
+            open_files = files,
+            now = room,
+            "transport.max_connections is above what the open-files limit allows; lowered (raise the limit, e.g. LimitNOFILE=, to allow more)"
+        );
+        t.max_connections = room;
+    }
+}
+
 /// Binds the configured address and runs until SIGINT or SIGTERM.
-pub async fn serve(config: config::Config) -> anyhow::Result<()> {
+pub async fn serve(mut config: config::Config) -> anyhow::Result<()> {
+    fit_file_limit(&mut config);
     let node = Node::new(config).await?;
     let listener = TcpListener::bind(&node.config.listen)
         .await

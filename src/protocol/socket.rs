@@ -239,7 +239,16 @@ struct ConnState {
     /// Connected namespaces (usually one).
     sockets: Vec<Socket>,
     pending: Option<PendingBinary>,
+    /// CONNECTs refused so far (bad credentials, unknown namespace).
+    refused: u8,
+    /// The session has ended: a socket authorized now is not registered, and leaves at
+    /// once.
+    closed: bool,
 }
+
+/// CONNECTs a session may have refused before it is closed: a client retrying bad
+/// credentials makes herald verify them over and over.
+const MAX_REFUSED_CONNECTS: u8 = 3;
 
 impl ConnInner {
     fn socket(&self, nsp: &str) -> Option<Socket> {
@@ -270,12 +279,12 @@ impl EngineHandler for SocketIo {
             query: req.query.into(),
             state: Mutex::new(ConnState::default()),
         });
-        match session.eio() {
+        // A session must join a namespace within the connect timeout, whatever its
+        // protocol: one that never shows valid credentials is closed then.
+        session.set_app_deadline(Some(self.config.connect_timeout));
+        if session.eio() == Eio::V3 {
             // Protocol v4 connects the root namespace implicitly.
-            Eio::V3 => {
-                let _ = connect(&inner, session, "/", None, None);
-            }
-            Eio::V4 => session.set_app_deadline(Some(self.config.connect_timeout)),
+            let _ = connect(&inner, session, "/", None, None);
         }
         Box::new(Conn(inner))
     }
@@ -297,6 +306,7 @@ fn connect(
             None,
             v5,
         ));
+        refused(conn, session);
         return Ok(());
     };
     if conn.socket(nsp).is_some() {
@@ -322,14 +332,40 @@ fn connect(
             e.data.as_deref(),
             v5,
         ));
+        refused(conn, session);
         return Ok(());
     }
-    conn.state.lock().sockets.push(socket.clone());
+    {
+        let mut st = conn.state.lock();
+        if st.closed {
+            // The session ended while the handler authorized the socket: its close has
+            // already let go of the sockets registered, so this one leaves here.
+            drop(st);
+            ns.handler.on_disconnect(
+                &socket,
+                DisconnectReason::Transport(CloseReason::TransportClose),
+            );
+            return Ok(());
+        }
+        st.sockets.push(socket.clone());
+    }
+    session.admit();
     session.set_app_deadline(None);
     let id = socket.id();
     let _ = session.send(packet::encode_connect(nsp, v5.then_some(id.as_str())));
     ns.handler.on_connect(&socket, &hs);
     Ok(())
+}
+
+/// Counts a refused CONNECT; past [`MAX_REFUSED_CONNECTS`] the session ends (after the
+/// refusal is sent, so the client sees why).
+fn refused(conn: &ConnInner, session: &Arc<Session>) {
+    let mut st = conn.state.lock();
+    st.refused = st.refused.saturating_add(1);
+    if st.refused >= MAX_REFUSED_CONNECTS {
+        drop(st);
+        session.disconnect();
+    }
 }
 
 fn bad(e: ParseError) -> MessageError {
@@ -360,6 +396,11 @@ impl Conn {
                         s.left(DisconnectReason::ClientNamespaceDisconnect);
                     }
                 }
+                if conn.state.lock().sockets.is_empty() {
+                    // In no namespace any more: join one within the connect timeout, or
+                    // the session ends.
+                    session.set_app_deadline(Some(conn.config.connect_timeout));
+                }
                 Ok(())
             }
             PacketType::Event | PacketType::Ack => dispatch(
@@ -371,6 +412,13 @@ impl Conn {
                 Vec::new(),
             ),
             PacketType::BinaryEvent | PacketType::BinaryAck => {
+                if conn.socket(p.nsp).is_none() {
+                    // Attachments are not held for a namespace the client has not joined.
+                    return Err(MessageError(format!(
+                        "binary packet for {}, which this client has not joined",
+                        p.nsp
+                    )));
+                }
                 let data = p.data.unwrap_or("[]");
                 packet::check_placeholders(data, p.attachments).map_err(bad)?;
                 if p.attachments == 0 {
@@ -463,6 +511,7 @@ impl Connection for Conn {
         let sockets = {
             let mut st = self.0.state.lock();
             st.pending = None;
+            st.closed = true;
             std::mem::take(&mut st.sockets)
         };
         for s in sockets {
@@ -478,7 +527,7 @@ impl Socket {
     pub(crate) fn detached(engine: &crate::transport::Engine) -> Socket {
         struct Nobody;
         impl Handler for Nobody {}
-        let session = Session::new(engine.inner.clone(), Eio::V4, false, 0, false);
+        let session = Session::new(engine.inner.clone(), Eio::V4, false, 0, false, None);
         let nsp = Arc::new(Namespace {
             name: "/".into(),
             handler: Arc::new(Nobody),
@@ -492,5 +541,105 @@ impl Socket {
             acks: Mutex::new(Acks::default()),
             data: OnceLock::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::ConnectError;
+    use crate::transport::packet::Packet;
+    use crate::transport::{Engine, EngineConfig, OpenRequest};
+
+    /// Counts disconnects; its `authorize` can run a hook first.
+    #[derive(Default)]
+    struct Counting {
+        left: AtomicUsize,
+        /// Held while a test closes a session: `on_disconnect` takes it too.
+        lock: Mutex<()>,
+        during_authorize: Option<Box<dyn Fn(&Socket) + Send + Sync>>,
+    }
+
+    impl Handler for Counting {
+        fn authorize(&self, socket: &Socket, _hs: &Handshake<'_>) -> Result<(), ConnectError> {
+            if let Some(hook) = &self.during_authorize {
+                hook(socket);
+            }
+            Ok(())
+        }
+        fn on_disconnect(&self, _socket: &Socket, _reason: DisconnectReason) {
+            let _held = self.lock.lock();
+            self.left.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A v4 session of `sio` with no client behind it.
+    fn session(engine: &Engine, sio: &SocketIo) -> Arc<Session> {
+        let session = Session::new(engine.inner.clone(), Eio::V4, false, 0, false, None);
+        let remote = "127.0.0.1:1".parse().unwrap();
+        let conn = sio.on_open(&session, &OpenRequest { query: "", remote });
+        session.set_connection(conn);
+        session
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_that_closes_while_its_socket_is_authorized_leaves_nothing() {
+        let handler = Arc::new(Counting {
+            during_authorize: Some(Box::new(|socket: &Socket| {
+                socket.session().close(CloseReason::TransportError);
+                // Let the close run to its end (on another worker) before the socket is
+                // registered: the window in which a dead member used to stay behind.
+                std::thread::sleep(Duration::from_millis(100));
+            })),
+            ..Counting::default()
+        });
+        let engine = Engine::new(EngineConfig::default(), Vec::new());
+        let sio = SocketIo::new(SocketIoConfig::default()).namespace("/", handler.clone());
+        let s = session(&engine, &sio);
+        s.receive(Packet::Text("0".into()));
+        eventually("the socket authorized during the close left", || {
+            handler.left.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(handler.left.load(Ordering::SeqCst), 1, "left exactly once");
+    }
+
+    #[test]
+    fn a_close_outside_the_runtime_never_runs_the_handler_inline() {
+        let handler = Arc::new(Counting::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = rt.block_on(async { Engine::new(EngineConfig::default(), Vec::new()) });
+        let sio = SocketIo::new(SocketIoConfig::default()).namespace("/", handler.clone());
+        let s = rt.block_on(async {
+            let s = session(&engine, &sio);
+            s.receive(Packet::Text("0".into()));
+            s
+        });
+        // Outside the runtime, holding the lock that `on_disconnect` takes: an inline
+        // `on_close` would deadlock here.
+        let held = handler.lock.lock();
+        s.close(CloseReason::TransportError);
+        assert_eq!(handler.left.load(Ordering::SeqCst), 0);
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while handler.left.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "on_close never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

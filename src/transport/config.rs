@@ -31,6 +31,10 @@ pub struct EngineConfig {
     pub max_queue_packets: usize,
     /// Largest number of bytes queued for one client. Default 4 MiB.
     pub max_queue_bytes: usize,
+    /// Largest number of bytes queued for a client that has not joined a namespace (has
+    /// shown no credentials): its handshake, heartbeats and a refusal need little.
+    /// Default 64 KiB.
+    pub max_queue_bytes_before_connect: usize,
     /// What happens when a client's queue is full. Default [`OverflowPolicy::Disconnect`].
     /// A control packet (a pong, a ping, an RFC 6455 pong frame) that does not fit
     /// disconnects under either policy: the client is not reading.
@@ -59,6 +63,12 @@ pub struct EngineConfig {
     /// Largest number of simultaneous TCP connections from one address (IPv6: one /64);
     /// more are answered 429 and closed. 0: no limit. Default 1,000.
     pub max_connections_per_ip: usize,
+    /// Largest number of Engine.IO sessions (a long-polling one holds no connection
+    /// between requests); more handshakes are answered 503. Default 100,000.
+    pub max_sessions: usize,
+    /// Largest number of Engine.IO sessions of one address; more handshakes are answered
+    /// 429. 0: no limit. Default 1,000.
+    pub max_sessions_per_ip: usize,
     /// Engine.IO handshakes (new sessions) one address may open per second, with bursts
     /// of as many; more are answered 429. 0: no limit. Default 100.
     pub max_handshakes_per_ip_per_sec: u32,
@@ -75,6 +85,7 @@ impl Default for EngineConfig {
             max_payload: 1_000_000,
             max_queue_packets: 4096,
             max_queue_bytes: 4 << 20,
+            max_queue_bytes_before_connect: 64 << 10,
             overflow: OverflowPolicy::Disconnect,
             cors_origins: Vec::new(),
             cors_credentials: false,
@@ -84,6 +95,8 @@ impl Default for EngineConfig {
             min_body_rate: 16 << 10,
             max_connections: 100_000,
             max_connections_per_ip: 1_000,
+            max_sessions: 100_000,
+            max_sessions_per_ip: 1_000,
             max_handshakes_per_ip_per_sec: 100,
             ip_limit_exempt: Vec::new(),
         }

@@ -2,7 +2,8 @@
 //! the endpoints (paths) it serves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,15 @@ pub struct Metrics {
     pub http_errors: Counter,
 }
 
+/// Why a new session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionsFull {
+    /// The node holds `max_sessions`.
+    Node,
+    /// The client's address holds `max_sessions_per_ip`.
+    Address,
+}
+
 /// What the layer above gets when a session opens.
 #[derive(Debug)]
 pub struct OpenRequest<'a> {
@@ -102,6 +112,8 @@ pub(crate) struct EngineInner {
     flush: Arc<[FlushList]>,
     /// Connections and handshakes per client address.
     pub(crate) per_ip: PerIp,
+    /// Registered sessions (and places reserved for sessions being opened).
+    sessions: AtomicUsize,
 }
 
 impl EngineInner {
@@ -137,8 +149,46 @@ impl EngineInner {
         self.metrics.sessions_opened.inc();
     }
 
+    /// Takes a session out of the registry (once; later calls do nothing) and gives back
+    /// its place in the session counts.
     pub(crate) fn remove(&self, session: &Session) {
-        self.shard(&session.sid()).lock().remove(&session.sid());
+        if self
+            .shard(&session.sid())
+            .lock()
+            .remove(&session.sid())
+            .is_some()
+        {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = session.counted_ip() {
+                self.per_ip.close_session(ip, self.now_ms());
+            }
+        }
+    }
+
+    /// Takes a place for a new session: refused at `max_sessions`, or at the address's
+    /// `max_sessions_per_ip`. A place taken is given back by [`EngineInner::remove`] once
+    /// the session is registered, or by [`EngineInner::unreserve`] if it never is.
+    pub(crate) fn reserve(&self, ip: IpAddr) -> Result<Option<IpAddr>, SessionsFull> {
+        if self.sessions.fetch_add(1, Ordering::Relaxed) >= self.config.max_sessions {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(SessionsFull::Node);
+        }
+        if !self.per_ip.limited(ip) {
+            return Ok(None);
+        }
+        if self.per_ip.open_session(ip, self.now_ms()).is_err() {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(SessionsFull::Address);
+        }
+        Ok(Some(ip))
+    }
+
+    /// Gives back a place taken by [`EngineInner::reserve`] for a session never opened.
+    pub(crate) fn unreserve(&self, ip: Option<IpAddr>) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = ip {
+            self.per_ip.close_session(ip, self.now_ms());
+        }
     }
 
     pub(crate) fn get(&self, sid: &Sid) -> Option<Arc<Session>> {
@@ -209,6 +259,7 @@ impl Engine {
         Engine {
             inner: Arc::new(EngineInner {
                 per_ip,
+                sessions: AtomicUsize::new(0),
                 config,
                 metrics: Metrics::default(),
                 endpoints: endpoints

@@ -1,11 +1,11 @@
 //! Opening sessions: the handshake query, the open packet, the per-address handshake
 //! rate, finding a session by sid, and Engine.IO's error answers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::cors::with_cors;
-use super::engine::{EngineInner, OpenRequest};
+use super::engine::{EngineInner, OpenRequest, SessionsFull};
 use super::http::{self, Head, Response};
 use super::packet::{Eio, Outbound};
 use super::session::Session;
@@ -103,19 +103,79 @@ pub(super) fn open_packet(engine: &EngineInner, session: &Session, websocket: bo
     )
 }
 
-/// Whether `remote` may open another session now (its address's handshake rate).
-pub(super) fn handshake_allowed(engine: &EngineInner, remote: SocketAddr) -> bool {
-    let ip = remote.ip();
-    if !engine.per_ip.limited(ip) || engine.per_ip.handshake(ip, engine.now_ms()).is_ok() {
-        return true;
-    }
-    engine.metrics.handshakes_refused.inc();
-    false
+/// A place for a new session, taken by [`admit`]; given back if dropped unused.
+pub(super) struct Ticket<'a> {
+    engine: &'a EngineInner,
+    ip: Option<IpAddr>,
+    used: bool,
 }
 
-/// Creates a session, queues its handshake, lets the layer above open, and registers it.
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.engine.unreserve(self.ip);
+        }
+    }
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The address opens sessions faster than `max_handshakes_per_ip_per_sec`.
+    Rate,
+    /// The address holds `max_sessions_per_ip`.
+    Address,
+    /// The node holds `max_sessions`.
+    Node,
+}
+
+impl Refusal {
+    /// The HTTP answer, after which the connection closes.
+    pub(super) fn answer(self) -> Vec<u8> {
+        let (status, message) = match self {
+            Refusal::Rate | Refusal::Address => {
+                (429, "Too many connections or handshakes from this address")
+            }
+            Refusal::Node => (503, "The server holds as many sessions as it may"),
+        };
+        let body = format!("{{\"code\":3,\"message\":\"{message}\"}}");
+        Response::new(status)
+            .header("Content-Type", "application/json")
+            .header("Retry-After", "1")
+            .body(body.as_bytes(), false)
+    }
+}
+
+/// Whether `remote` may open another session now: its address's handshake rate and
+/// session count, and the node's session count.
+pub(super) fn admit(engine: &EngineInner, remote: SocketAddr) -> Result<Ticket<'_>, Refusal> {
+    let ip = remote.ip();
+    if engine.per_ip.limited(ip) && engine.per_ip.handshake(ip, engine.now_ms()).is_err() {
+        engine.metrics.handshakes_refused.inc();
+        return Err(Refusal::Rate);
+    }
+    match engine.reserve(ip) {
+        Ok(ip) => Ok(Ticket {
+            engine,
+            ip,
+            used: false,
+        }),
+        Err(full) => {
+            engine.metrics.handshakes_refused.inc();
+            Err(match full {
+                SessionsFull::Address => Refusal::Address,
+                SessionsFull::Node => Refusal::Node,
+            })
+        }
+    }
+}
+
+/// Creates a session in the place `ticket` holds, queues its handshake, lets the layer
+/// above open, and registers it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn open_session(
     engine: &Arc<EngineInner>,
+    mut ticket: Ticket<'_>,
     eio: Eio,
     b64: bool,
     endpoint: u8,
@@ -123,7 +183,8 @@ pub(super) fn open_session(
     query: &str,
     remote: SocketAddr,
 ) -> Arc<Session> {
-    let session = Session::new(engine.clone(), eio, b64, endpoint, websocket);
+    ticket.used = true;
+    let session = Session::new(engine.clone(), eio, b64, endpoint, websocket, ticket.ip);
     let _ = session.send(open_packet(engine, &session, websocket));
     let handler = engine.endpoints[endpoint as usize].handler.clone();
     let conn = handler.on_open(&session, &OpenRequest { query, remote });

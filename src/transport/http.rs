@@ -184,7 +184,8 @@ pub fn decode_chunked(buf: &[u8], max: usize) -> Chunked {
 
 /// A chunked body decoded as its bytes arrive: each step resumes after the chunks
 /// already decoded, so a body that trickles in costs time in its length, not its
-/// square.
+/// square; the raw bytes of decoded chunks can be dropped ([`ChunkedBody::take_consumed`]),
+/// so chunk framing (extensions, say) never piles up beside the body.
 #[derive(Debug, Default)]
 pub struct ChunkedBody {
     out: Vec<u8>,
@@ -193,6 +194,17 @@ pub struct ChunkedBody {
 }
 
 impl ChunkedBody {
+    /// Bytes at the start of the buffer that decoded chunks took; the caller drops them
+    /// and the next step starts at the new start.
+    pub fn take_consumed(&mut self) -> usize {
+        std::mem::take(&mut self.pos)
+    }
+
+    /// Bytes of body decoded so far.
+    pub fn decoded(&self) -> usize {
+        self.out.len()
+    }
+
     /// Decodes what `buf` (which starts where the body starts) adds.
     pub fn step(&mut self, buf: &[u8], max: usize) -> Chunked {
         loop {
@@ -266,11 +278,12 @@ impl BodyReader {
         }
     }
 
-    /// The body's size as far as it is known: its length, or the bytes so far.
+    /// The body's size as far as it is known: its length, or the bytes of body decoded
+    /// and waiting so far (chunk framing does not count).
     pub fn size(&self, buf: &[u8]) -> usize {
         match self {
             BodyReader::Length(n) => *n,
-            BodyReader::Chunked(_) => buf.len(),
+            BodyReader::Chunked(c) => c.decoded() + buf.len(),
         }
     }
 
@@ -288,7 +301,11 @@ impl BodyReader {
                     buf.drain(..used);
                     BodyStep::Done(body)
                 }
-                Chunked::Incomplete => BodyStep::Incomplete,
+                Chunked::Incomplete => {
+                    let consumed = c.take_consumed();
+                    buf.drain(..consumed);
+                    BodyStep::Incomplete
+                }
                 Chunked::TooLarge => BodyStep::TooLarge,
                 Chunked::Malformed => BodyStep::Malformed,
             },

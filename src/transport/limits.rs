@@ -89,6 +89,8 @@ pub fn check_exemptions(list: &[String]) -> Result<(), CidrError> {
 struct Entry {
     /// Open connections.
     connections: u32,
+    /// Open Engine.IO sessions (a long-polling one holds no connection between requests).
+    sessions: u32,
     /// Handshake tokens left (a bucket refilled at the configured rate).
     tokens: f32,
     /// Engine-clock ms of the last refill; 0 before the first handshake.
@@ -98,6 +100,7 @@ struct Entry {
 /// The per-address counters.
 pub(crate) struct PerIp {
     max_connections: u32,
+    max_sessions: u32,
     rate: u32,
     exempt: Vec<Cidr>,
     /// Per-address entries; one lock, taken once per connection and per handshake.
@@ -115,13 +118,24 @@ struct Table {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     Connections,
+    Sessions,
     Handshakes,
+}
+
+impl Entry {
+    /// Nothing left to count: no connection, no session, a full bucket again.
+    fn idle(&self, now_ms: u64) -> bool {
+        self.connections == 0
+            && self.sessions == 0
+            && (self.refilled == 0 || now_ms.saturating_sub(self.refilled) >= 1000)
+    }
 }
 
 impl PerIp {
     pub(crate) fn new(config: &EngineConfig) -> Result<PerIp, CidrError> {
         Ok(PerIp {
             max_connections: u32::try_from(config.max_connections_per_ip).unwrap_or(u32::MAX),
+            max_sessions: u32::try_from(config.max_sessions_per_ip).unwrap_or(u32::MAX),
             rate: config.max_handshakes_per_ip_per_sec,
             exempt: config
                 .ip_limit_exempt
@@ -134,7 +148,8 @@ impl PerIp {
 
     /// Whether `ip` is counted at all.
     pub(crate) fn limited(&self, ip: IpAddr) -> bool {
-        (self.max_connections > 0 || self.rate > 0) && !self.exempt.iter().any(|c| c.contains(ip))
+        (self.max_connections > 0 || self.max_sessions > 0 || self.rate > 0)
+            && !self.exempt.iter().any(|c| c.contains(ip))
     }
 
     /// Counts a new connection from `ip`; refused if the address holds its limit. Every
@@ -152,12 +167,34 @@ impl PerIp {
 
     /// Gives back a connection counted by [`PerIp::open`].
     pub(crate) fn close(&self, ip: IpAddr, now_ms: u64) {
+        self.give_back(ip, now_ms, |e| {
+            e.connections = e.connections.saturating_sub(1)
+        });
+    }
+
+    /// Counts a new session from `ip`; refused if the address holds its limit.
+    pub(crate) fn open_session(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refused> {
+        let mut t = self.table.lock();
+        t.sweep(now_ms);
+        let e = t.entries.entry(IpKey::of(ip)).or_default();
+        if self.max_sessions > 0 && e.sessions >= self.max_sessions {
+            return Err(Refused::Sessions);
+        }
+        e.sessions += 1;
+        Ok(())
+    }
+
+    /// Gives back a session counted by [`PerIp::open_session`].
+    pub(crate) fn close_session(&self, ip: IpAddr, now_ms: u64) {
+        self.give_back(ip, now_ms, |e| e.sessions = e.sessions.saturating_sub(1));
+    }
+
+    fn give_back(&self, ip: IpAddr, now_ms: u64, take: impl FnOnce(&mut Entry)) {
         let mut t = self.table.lock();
         let key = IpKey::of(ip);
         if let Some(e) = t.entries.get_mut(&key) {
-            e.connections = e.connections.saturating_sub(1);
-            if e.connections == 0 && (e.refilled == 0 || now_ms.saturating_sub(e.refilled) >= 1000)
-            {
+            take(e);
+            if e.idle(now_ms) {
                 t.entries.remove(&key);
             }
         }
@@ -200,9 +237,7 @@ impl Table {
             return;
         }
         self.swept = second;
-        self.entries.retain(|_, e| {
-            e.connections > 0 || (e.refilled != 0 && now_ms.saturating_sub(e.refilled) < 1000)
-        });
+        self.entries.retain(|_, e| !e.idle(now_ms));
     }
 }
 
@@ -213,6 +248,7 @@ mod tests {
     fn limits(conns: usize, rate: u32, exempt: &[&str]) -> PerIp {
         PerIp::new(&EngineConfig {
             max_connections_per_ip: conns,
+            max_sessions_per_ip: conns,
             max_handshakes_per_ip_per_sec: rate,
             ip_limit_exempt: exempt.iter().map(|s| s.to_string()).collect(),
             ..EngineConfig::default()
@@ -267,6 +303,24 @@ mod tests {
         // Entries of addresses that went quiet are swept.
         l.open("10.0.0.9".parse().unwrap(), 5000).unwrap();
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn sessions_per_address_are_bounded_apart_from_connections() {
+        let l = limits(2, 0, &[]);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        l.open(a, 1).unwrap();
+        l.open_session(a, 1).unwrap();
+        l.open_session(a, 1).unwrap();
+        assert_eq!(l.open_session(a, 1), Err(Refused::Sessions));
+        // A long-polling session outlives its requests' connections.
+        l.close(a, 2);
+        assert_eq!(l.open_session(a, 2), Err(Refused::Sessions));
+        l.close_session(a, 3);
+        l.open_session(a, 3).unwrap();
+        l.close_session(a, 4);
+        l.close_session(a, 4);
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

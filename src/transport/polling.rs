@@ -11,13 +11,11 @@ use tokio::net::TcpStream;
 
 use super::cors::with_cors;
 use super::engine::EngineInner;
-use super::handshake::{
-    error_response, handshake_allowed, lookup, open_session, parse_query, EioError,
-};
+use super::handshake::{admit, error_response, lookup, open_session, parse_query, EioError};
 use super::http::{self, Head, Method, Response};
 use super::packet::{self, Eio};
 use super::request::{read_body, write, BodyError};
-use super::server::{Next, TOO_MANY};
+use super::server::Next;
 use super::session::{CloseReason, GetReply, Session};
 
 #[allow(clippy::too_many_arguments)]
@@ -55,13 +53,25 @@ pub(super) async fn polling(
     let has_sid = http::query_param(head.query(), "sid").is_some();
     match (head.method, has_sid) {
         (Method::Get, false) => {
-            if !handshake_allowed(engine, remote) {
-                write(engine, stream, TOO_MANY).await?;
-                return Ok(Next::Close);
-            }
+            let ticket = match admit(engine, remote) {
+                Ok(t) => t,
+                Err(refusal) => {
+                    write(engine, stream, &refusal.answer()).await?;
+                    return Ok(Next::Close);
+                }
+            };
             let b64 =
                 http::query_param(head.query(), "b64").is_some_and(|v| v == "1" || v == "true");
-            let session = open_session(engine, eio, b64, endpoint, false, head.query(), remote);
+            let session = open_session(
+                engine,
+                ticket,
+                eio,
+                b64,
+                endpoint,
+                false,
+                head.query(),
+                remote,
+            );
             let reply = poll_fn(|cx| session.poll_get(cx)).await;
             respond_get(engine, stream, &session, reply, ka, cors).await?;
             Ok(Next::KeepAlive)
@@ -86,17 +96,21 @@ pub(super) async fn polling(
                 return Ok(Next::KeepAlive);
             }
             let reply = wait_get(&session, stream, buf).await;
-            session.end_get();
-            match reply {
-                Some(reply) => {
-                    respond_get(engine, stream, &session, reply, ka, cors).await?;
-                    Ok(Next::KeepAlive)
-                }
-                None => {
-                    session.close(CloseReason::TransportError);
-                    Ok(Next::Close)
-                }
+            // The GET stays the session's one pending GET until its answer is written, so
+            // a client cannot have one answer after another copied and left unread.
+            let next = match reply {
+                Some(reply) => respond_get(engine, stream, &session, reply, ka, cors)
+                    .await
+                    .map(|()| Next::KeepAlive),
+                None => Ok(Next::Close),
+            };
+            if !matches!(next, Ok(Next::KeepAlive)) {
+                // Gone, or the answer was not taken: what it carried is lost to the
+                // client, which reconnects and resumes.
+                session.close(CloseReason::TransportError);
             }
+            session.end_get();
+            next
         }
         (Method::Post, true) => post(engine, stream, head, buf, endpoint, cors).await,
         (_, false) => {

@@ -86,6 +86,8 @@ pub async fn serve(
         connections: AtomicUsize::new(0),
     });
     tokio::pin!(shutdown);
+    // Failed accepts are logged at most once a second, with how many there were.
+    let mut failed_accepts = (None::<std::time::Instant>, 0u64);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -94,7 +96,11 @@ pub async fn serve(
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(error = %e, "accept failed");
+                        failed_accepts.1 += 1;
+                        if failed_accepts.0.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                            tracing::warn!(error = %e, failures = failed_accepts.1, "accept failed (out of file descriptors? see transport.max_connections)");
+                            failed_accepts = (Some(std::time::Instant::now()), 0);
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     }

@@ -8,12 +8,10 @@ use tokio::net::TcpStream;
 use super::cors::origin_allowed;
 use super::engine::EngineInner;
 use super::frame;
-use super::handshake::{
-    error_response, handshake_allowed, lookup, open_session, parse_query, EioError,
-};
+use super::handshake::{admit, error_response, lookup, open_session, parse_query, EioError};
 use super::http::{self, Head, Method, Response};
 use super::request::write;
-use super::server::{ConnectionSlot, TOO_MANY};
+use super::server::ConnectionSlot;
 use super::websocket;
 
 /// Answers a WebSocket upgrade and hands the connection to its own small task.
@@ -56,9 +54,11 @@ pub(super) async fn upgrade(
         .header("Connection", "Upgrade")
         .header("Sec-WebSocket-Accept", &accept)
         .finish();
-    let existing = if http::query_param(head.query(), "sid").is_some() {
+    // An upgrade of a polling session, or a new session over WebSocket (which takes a
+    // place among the sessions first).
+    let (existing, ticket) = if http::query_param(head.query(), "sid").is_some() {
         match lookup(engine, &head, endpoint) {
-            Some(s) if !s.expire_if_due() && s.begin_upgrade().is_ok() => Some(s),
+            Some(s) if !s.expire_if_due() && s.begin_upgrade().is_ok() => (Some(s), None),
             _ => {
                 // As the reference server does: accept the WebSocket, then close it, so
                 // the client sees a close rather than a failed handshake.
@@ -69,11 +69,13 @@ pub(super) async fn upgrade(
             }
         }
     } else {
-        if !handshake_allowed(engine, remote) {
-            let _ = write(engine, &stream, TOO_MANY).await;
-            return;
+        match admit(engine, remote) {
+            Ok(t) => (None, Some(t)),
+            Err(refusal) => {
+                let _ = write(engine, &stream, &refusal.answer()).await;
+                return;
+            }
         }
-        None
     };
     if write(engine, &stream, &resp).await.is_err() {
         if let Some(s) = existing {
@@ -82,12 +84,22 @@ pub(super) async fn upgrade(
         return;
     }
     let upgrading = existing.is_some();
-    let session = match existing {
-        Some(s) => {
+    let session = match (existing, ticket) {
+        (Some(s), _) => {
             engine.metrics.upgrades.inc();
             s
         }
-        None => open_session(engine, eio, false, endpoint, true, head.query(), remote),
+        (None, Some(ticket)) => open_session(
+            engine,
+            ticket,
+            eio,
+            false,
+            endpoint,
+            true,
+            head.query(),
+            remote,
+        ),
+        (None, None) => return,
     };
     drop(head);
     let max = engine.config.max_payload;

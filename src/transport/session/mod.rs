@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::IpAddr;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -98,6 +99,8 @@ struct Inner {
     ws_closing: bool,
     /// The session is on its engine's flush list.
     flush_pending: bool,
+    /// The layer above admitted the client (see [`Session::admit`]).
+    admitted: bool,
     /// The socket refused bytes: the connection task writes once it is writable, and
     /// until then new packets only queue (no flush attempt that would be refused too).
     ws_blocked: bool,
@@ -108,6 +111,8 @@ const NEVER: u64 = u64::MAX;
 /// One Engine.IO session.
 pub struct Session {
     sid: Sid,
+    /// The client's address, when the per-address limits count this session.
+    ip: Option<IpAddr>,
     eio: Eio,
     /// v3 polling clients that asked for base64 (`b64=1`) instead of binary payloads.
     b64: bool,
@@ -146,11 +151,13 @@ impl Session {
         b64: bool,
         endpoint: u8,
         websocket: bool,
+        ip: Option<IpAddr>,
     ) -> Arc<Session> {
         let now = engine.now_ms();
         let (ping_due, deadline) = engine.initial_heartbeat(eio, now);
         Arc::new(Session {
             sid: Sid::random(),
+            ip,
             eio,
             b64,
             endpoint,
@@ -173,6 +180,7 @@ impl Session {
                 raw: Vec::new(),
                 ws_closing: false,
                 flush_pending: false,
+                admitted: false,
                 ws_blocked: false,
             }),
             ping_due: AtomicU64::new(ping_due),
@@ -195,6 +203,10 @@ impl Session {
 
     pub(crate) fn b64(&self) -> bool {
         self.b64
+    }
+
+    pub(crate) fn counted_ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 
     pub(crate) fn endpoint(&self) -> u8 {
@@ -270,7 +282,7 @@ impl Session {
         for packets in messages {
             let bytes: usize = packets.iter().map(Outbound::len).sum();
             if inner.queue.len() + packets.len() > cfg.max_queue_packets
-                || inner.queued_bytes + inner.raw.len() + bytes > cfg.max_queue_bytes
+                || inner.queued_bytes + inner.raw.len() + bytes > self.byte_limit(&inner)
             {
                 match cfg.overflow {
                     OverflowPolicy::Drop => {
@@ -305,13 +317,30 @@ impl Session {
             return;
         }
         if inner.queue.len() >= cfg.max_queue_packets
-            || inner.queued_bytes + inner.raw.len() + packet.len() > cfg.max_queue_bytes
+            || inner.queued_bytes + inner.raw.len() + packet.len() > self.byte_limit(&inner)
         {
             return self.overflow(inner);
         }
         inner.queued_bytes += packet.len();
         inner.queue.push_back(packet);
         self.kick(inner);
+    }
+
+    /// The bytes the queue may hold: a session that has not joined a namespace (no
+    /// client has shown credentials on it) gets only `max_queue_bytes_before_connect`.
+    fn byte_limit(&self, inner: &Inner) -> usize {
+        let cfg = &self.engine.config;
+        if inner.admitted {
+            cfg.max_queue_bytes
+        } else {
+            cfg.max_queue_bytes_before_connect.min(cfg.max_queue_bytes)
+        }
+    }
+
+    /// The layer above admitted the client (it joined a namespace): its queue may now
+    /// hold `max_queue_bytes`.
+    pub fn admit(&self) {
+        self.inner.lock().admitted = true;
     }
 
     /// Ends the session for an overflowing queue.
@@ -428,7 +457,13 @@ impl Session {
             Ok(h) => {
                 h.spawn(async move { run() });
             }
-            Err(_) => run(),
+            // Closed from a thread outside the runtime (a store thread, a test): still
+            // never inline, where the caller may hold the very locks `on_close` takes.
+            Err(_) => {
+                let _ = std::thread::Builder::new()
+                    .name("herald-session-close".into())
+                    .spawn(run);
+            }
         }
     }
 
