@@ -554,13 +554,15 @@ mod tests {
     use crate::transport::packet::Packet;
     use crate::transport::{Engine, EngineConfig, OpenRequest};
 
+    type Hook = Box<dyn Fn(&Socket) + Send + Sync>;
+
     /// Counts disconnects; its `authorize` can run a hook first.
     #[derive(Default)]
     struct Counting {
         left: AtomicUsize,
         /// Held while a test closes a session: `on_disconnect` takes it too.
         lock: Mutex<()>,
-        during_authorize: Option<Box<dyn Fn(&Socket) + Send + Sync>>,
+        during_authorize: Option<Hook>,
     }
 
     impl Handler for Counting {
