@@ -27,6 +27,8 @@ struct Herald {
     log: Arc<Mutex<String>>,
     _data: tempfile::TempDir,
     data_dir: std::path::PathBuf,
+    /// The API key, when one is configured.
+    key: Option<String>,
 }
 
 impl Herald {
@@ -70,12 +72,17 @@ impl Herald {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .parse()
             .unwrap();
+        let key = env
+            .iter()
+            .find(|(k, _)| *k == "HERALD_API_KEYS")
+            .map(|(_, v)| v.to_string());
         Herald {
             child,
             addr,
             log,
             _data: data,
             data_dir,
+            key,
         }
     }
 
@@ -116,7 +123,12 @@ impl Herald {
 
     async fn push(&self, user: &str, event: &str, data: &str) -> (u16, String) {
         let body = format!(r#"{{"to":{{"users":["{user}"]}},"event":"{event}","data":{data}}}"#);
-        http(self.addr, &post("/api/v1/push", &body, "")).await
+        let auth = self
+            .key
+            .as_ref()
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        http(self.addr, &post("/api/v1/push", &body, &auth)).await
     }
 
     /// Waits until open files are back to `base` and memory within `slack_kib` of it.
@@ -664,4 +676,166 @@ async fn an_expiring_token_ends_its_connection_when_so_configured() {
     let mut long = long;
     long.send_text("2probe").await;
     assert_eq!(long.text().await, "3probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_without_credentials_are_bounded_in_number_memory_and_time() {
+    let h = Herald::start(&[
+        ("HERALD_AUTH_JWT_SECRET", "s3cret"),
+        ("HERALD_SOCKETIO_CONNECT_TIMEOUT_MS", "1000"),
+        ("HERALD_TRANSPORT_MAX_SESSIONS_PER_IP", "40"),
+        ("HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC", "0"),
+    ]);
+    let base = (h.rss_kib(), h.fds());
+    let peak = PeakRss::watch(h.pid());
+    // Long-polling sessions hold no connection between requests: they count on their
+    // own. v3 (whose root CONNECT is implicit, and refused here for want of a token) and
+    // v4 alike.
+    let mut sids = Vec::new();
+    let mut refused = 0;
+    for i in 0..50 {
+        let eio = if i % 2 == 0 { 3 } else { 4 };
+        let (status, body) = http(
+            h.addr,
+            &get(&format!("/socket.io/?EIO={eio}&transport=polling")),
+        )
+        .await;
+        match status {
+            200 => {
+                let start = body.find("{\"sid\":\"").unwrap() + 8;
+                sids.push((eio, body[start..start + 20].to_owned()));
+            }
+            429 => refused += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((sids.len(), refused), (40, 10));
+    // Each asks for pongs echoing 600 KB, never polling them: more than a session that
+    // has shown no credentials may queue.
+    let ping = format!("2{}", "p".repeat(600_000));
+    for (eio, sid) in &sids {
+        let body = if *eio == 3 {
+            format!("{}:{ping}", ping.len())
+        } else {
+            ping.clone()
+        };
+        let req = format!(
+            "POST /socket.io/?EIO={eio}&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = common::try_http(h.addr, req.as_bytes()).await;
+    }
+    let grew = peak.peak().saturating_sub(base.0);
+    assert!(grew < 24 * MIB, "RSS grew by {} MiB", grew / MIB);
+    // Past the connect timeout no session is left, v3 included.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (eio, sid) in &sids {
+        let (status, body) = http(
+            h.addr,
+            &get(&format!(
+                "/socket.io/?EIO={eio}&transport=polling&sid={sid}"
+            )),
+        )
+        .await;
+        assert_eq!(status, 400, "EIO={eio}: {body}");
+    }
+    // And the address may open sessions again.
+    let (status, _) = http(h.addr, &get("/socket.io/?EIO=4&transport=polling")).await;
+    assert_eq!(status, 200);
+    h.settles(base, 16 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_its_namespace_is_timed_out_again() {
+    let h = Herald::start(&[
+        ("HERALD_AUTH_JWT_SECRET", "s3cret"),
+        ("HERALD_SOCKETIO_CONNECT_TIMEOUT_MS", "1000"),
+        ("HERALD_API_KEYS", "k1"),
+    ]);
+    let auth = format!(r#"{{"token":"{}"}}"#, token("hal", 3600));
+    let mut ws = Ws::device(h.addr, &auth).await;
+    ws.send_text("41").await;
+    let code = tokio::time::timeout(Duration::from_secs(5), ws.close_code())
+        .await
+        .expect("still open 5 s after leaving its namespace");
+    assert_eq!(code, 1000);
+    let presence = "GET /api/v1/users/hal/presence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n";
+    let (_, body) = http(h.addr, presence.as_bytes()).await;
+    assert!(body.contains(r#""connections":0"#), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_framing_and_bodies_outside_the_api_are_not_held() {
+    let h = Herald::start(&[("HERALD_API_KEYS", "k1")]);
+    let base = h.baseline().await;
+    // Outside the API no body is read at all.
+    let req = "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    let (status, body) = http(h.addr, req.as_bytes()).await;
+    assert_eq!(status, 413, "{body}");
+    // A push body in 1-byte chunks with 28-byte extensions: 35 bytes on the wire per
+    // byte of body. Only the body counts, and only it is kept.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    let chunk = b"1;aaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nx\r\n";
+    let burst: Vec<u8> = chunk
+        .iter()
+        .copied()
+        .cycle()
+        .take(chunk.len() * 10_000)
+        .collect();
+    let peak = PeakRss::watch(h.pid());
+    for _ in 0..90 {
+        s.write_all(&burst).await.unwrap();
+    }
+    // 900,000 bytes of body (under the 1 MiB limit) arrived as 31 MB.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grew = peak.peak().saturating_sub(base.0);
+    assert!(grew < 12 * MIB, "RSS grew by {} MiB", grew / MIB);
+    drop(s);
+    h.healthy("after-chunks").await;
+    h.settles(base, 16 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reads_is_folded_and_pushes_still_arrive() {
+    let h = Herald::start(&[]);
+    let base = h.baseline().await;
+    for _ in 0..3 {
+        h.push("ida", "n", "1").await;
+    }
+    let mut ws = Ws::device(h.addr, r#"{"userId":"ida"}"#).await;
+    let peak = PeakRss::watch(h.pid());
+    let reads: Vec<u8> = (0..100_000u64)
+        .flat_map(|i| {
+            masked(
+                1,
+                true,
+                format!("42{i}[\"read\",{{\"upTo\":{}}}]", i % 4).as_bytes(),
+            )
+        })
+        .collect();
+    ws.send_raw(&reads).await;
+    let started = Instant::now();
+    h.healthy("during-reads").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let grew = peak.peak().saturating_sub(base.0);
+    assert!(grew < 48 * MIB, "RSS grew by {} MiB", grew / MIB);
+    let (_, unread) = http(h.addr, &get("/api/v1/users/ida/unread")).await;
+    drop(ws);
+    // The highest position asked for is the one stored.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, unread) = http(h.addr, &get("/api/v1/users/ida/unread")).await;
+        if unread.contains(r#""readUpTo":3"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{unread}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = unread;
+    h.settles(base, 16 * MIB).await;
 }

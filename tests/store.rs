@@ -52,6 +52,7 @@ async fn open(
                 .map(|d| d.path().to_string_lossy().into_owned())
                 .unwrap_or_default(),
             max_page: 1000,
+            max_page_bytes: 64 << 10,
             ..StoreConfig::default()
         },
         tx,
@@ -101,6 +102,7 @@ both!(
     retention_removes_old_and_excess_messages,
     seqs_outlive_retention_and_restarts,
     pages_follow_after_and_limit,
+    pages_end_once_their_bytes_are_spent,
 );
 
 async fn seq_is_gapless_and_ordered_under_concurrent_pushes(mut f: Fixture) {
@@ -330,4 +332,26 @@ async fn pages_follow_after_and_limit(f: Fixture) {
         f.store.messages("ann", 0, 1_000_000).await.unwrap().len(),
         25
     );
+}
+
+async fn pages_end_once_their_bytes_are_spent(f: Fixture) {
+    // Ten messages of 30 KB: a page of 64 KiB holds three (it ends once passed).
+    for n in 1..=10 {
+        let mut m = msg(n, &["big"]);
+        m.data = format!("\"{}\"", "x".repeat(30_000));
+        f.store.append(m).await.unwrap();
+    }
+    let page = f.store.messages("big", 0, 100).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    // The next page starts after the last one.
+    let next = f.store.messages("big", 3, 100).await.unwrap();
+    assert_eq!(next[0].seq, 4);
+    // A single message larger than the budget still makes a page.
+    let mut huge = msg(11, &["huge"]);
+    huge.data = format!("\"{}\"", "y".repeat(100_000));
+    f.store.append(huge).await.unwrap();
+    assert_eq!(f.store.messages("huge", 0, 100).await.unwrap().len(), 1);
 }

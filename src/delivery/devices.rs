@@ -17,7 +17,24 @@ struct Client {
     resume: Resume,
     /// When the client's token expires (Unix seconds), if it does.
     expires: Option<u64>,
+    /// This connection's `read` events: one store write at a time.
+    reads: parking_lot::Mutex<Reads>,
 }
+
+/// `read` events that arrive while one is being stored are folded into the next write
+/// (the highest position wins), so a client flooding reads costs one write at a time,
+/// not a task and a queued write each.
+#[derive(Default)]
+struct Reads {
+    in_flight: bool,
+    /// The highest position asked for meanwhile.
+    next: Option<u64>,
+    /// Their ack ids, answered with the next write's result.
+    acks: Vec<u64>,
+}
+
+/// Reads waiting for an answer per connection; more are answered with an error.
+const MAX_WAITING_READS: usize = 16;
 
 /// The root namespace: every socket joins its user's room.
 pub struct Devices {
@@ -94,6 +111,7 @@ impl Handler for Devices {
             device,
             resume,
             expires: identity.expires,
+            reads: parking_lot::Mutex::new(Reads::default()),
         });
         Ok(())
     }
@@ -147,14 +165,48 @@ impl Handler for Devices {
             }
             return;
         };
-        let (delivery, socket, user) = (self.delivery.clone(), socket.clone(), client.user.clone());
+        {
+            let mut reads = client.reads.lock();
+            if reads.in_flight {
+                reads.next = Some(reads.next.map_or(up_to, |n| n.max(up_to)));
+                if let Some(id) = event.ack {
+                    if reads.acks.len() < MAX_WAITING_READS {
+                        reads.acks.push(id);
+                    } else {
+                        drop(reads);
+                        let busy = serde_json::json!({"error": "too many reads waiting; retry"});
+                        let _ = socket.ack(id, &Args::one(&busy));
+                    }
+                }
+                return;
+            }
+            reads.in_flight = true;
+        }
+        let (delivery, socket) = (self.delivery.clone(), socket.clone());
         tokio::spawn(async move {
-            let reply = match delivery.read(&user, up_to, Some(&socket)).await {
-                Ok(stored) => serde_json::json!({"upTo": stored}),
-                Err(e) => serde_json::json!({"error": e.to_string()}),
+            let Some(client) = socket.data::<Client>() else {
+                return;
             };
-            if let Some(id) = event.ack {
-                let _ = socket.ack(id, &Args::one(&reply));
+            let (mut up_to, mut acks): (u64, Vec<u64>) = (up_to, event.ack.into_iter().collect());
+            loop {
+                let reply = match delivery.read(&client.user, up_to, Some(&socket)).await {
+                    Ok(stored) => serde_json::json!({"upTo": stored}),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                };
+                for id in acks.drain(..) {
+                    let _ = socket.ack(id, &Args::one(&reply));
+                }
+                let mut reads = client.reads.lock();
+                match reads.next.take() {
+                    Some(next) => {
+                        up_to = next;
+                        acks = std::mem::take(&mut reads.acks);
+                    }
+                    None => {
+                        reads.in_flight = false;
+                        return;
+                    }
+                }
             }
         });
     }

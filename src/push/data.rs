@@ -85,3 +85,45 @@ pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
         }
     })
 }
+
+/// Writes `json` to `out` in one canonical form: no whitespace, object keys sorted (the
+/// last of duplicate keys kept, as parsers do), strings re-escaped one way, and numbers
+/// exactly as written (never through a float, so `0.1000000000000000000001` and
+/// `0.1000000000000000000009` stay different).
+pub(super) fn canonical(json: &str, out: &mut String) -> Result<(), serde_json::Error> {
+    use serde_json::value::RawValue;
+    let json = json.trim();
+    match json.as_bytes().first() {
+        Some(b'{') => {
+            let map: std::collections::BTreeMap<String, Box<RawValue>> =
+                serde_json::from_str(json)?;
+            out.push('{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k)?);
+                out.push(':');
+                canonical(v.get(), out)?;
+            }
+            out.push('}');
+        }
+        Some(b'[') => {
+            let items: Vec<Box<RawValue>> = serde_json::from_str(json)?;
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v.get(), out)?;
+            }
+            out.push(']');
+        }
+        Some(b'"') => {
+            let s: String = serde_json::from_str(json)?;
+            out.push_str(&serde_json::to_string(&s)?);
+        }
+        _ => out.push_str(json),
+    }
+    Ok(())
+}

@@ -366,11 +366,12 @@ fn fingerprint(req: &PushRequest, users: Option<&[String]>, durable: bool) -> u6
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     req.event.hash(&mut h);
-    // Checked at validation: the data parses. Objects come out with sorted keys.
-    match serde_json::from_str::<serde_json::Value>(req.data.get()) {
-        Ok(v) => v.to_string().hash(&mut h),
-        Err(_) => req.data.get().hash(&mut h),
+    let mut canon = String::with_capacity(req.data.get().len());
+    if data::canonical(req.data.get(), &mut canon).is_err() {
+        // Checked at validation, so this does not happen; the text itself will do.
+        canon = req.data.get().to_owned();
     }
+    canon.hash(&mut h);
     // Sorted and without duplicates (see `validate`); `None` is a broadcast.
     users.hash(&mut h);
     durable.hash(&mut h);
@@ -497,6 +498,27 @@ mod tests {
         ] {
             assert!(check_data(good, 64).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn canonical_data_keeps_numbers_as_written() {
+        let canon = |s: &str| {
+            let mut out = String::new();
+            data::canonical(s, &mut out).unwrap();
+            out
+        };
+        assert_eq!(
+            canon(r#" { "b" : [1, 2.50] , "a" : "\u0041" } "#),
+            r#"{"a":"A","b":[1,2.50]}"#
+        );
+        assert_ne!(
+            canon("0.1000000000000000000001"),
+            canon("0.1000000000000000000009")
+        );
+        assert_ne!(
+            canon("123456789012345678901"),
+            canon("123456789012345678902")
+        );
     }
 
     #[tokio::test]

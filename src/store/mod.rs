@@ -40,6 +40,9 @@ pub struct StoreConfig {
     pub sweep_interval_secs: u64,
     /// Largest page of `GET /users/{id}/messages`. Default 1000.
     pub max_page: usize,
+    /// A page of stored messages ends once their data passes this many bytes (it holds
+    /// at least one message). Default 4 MiB.
+    pub max_page_bytes: usize,
     /// SQLite: `full` fsyncs every commit (survives power loss), `normal` only
     /// checkpoints (survives a crashed process). Default `full`.
     pub sqlite_sync: SqliteSync,
@@ -68,6 +71,7 @@ impl Default for StoreConfig {
             retention_max_messages: 10_000,
             sweep_interval_secs: 60,
             max_page: 1000,
+            max_page_bytes: 4 << 20,
             sqlite_sync: SqliteSync::Full,
         }
     }
@@ -212,6 +216,8 @@ pub(crate) enum ReadOp {
         user: String,
         after: u64,
         limit: usize,
+        /// Bytes of data after which the page ends.
+        max_bytes: usize,
         reply: oneshot::Sender<Result<Vec<StoredMessage>, StoreError>>,
     },
     Unread {
@@ -402,10 +408,12 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let limit = limit.clamp(1, self.config.max_page);
+        let max_bytes = self.config.max_page_bytes.max(1);
         self.read(|reply| ReadOp::Messages {
             user: user.to_owned(),
             after,
             limit,
+            max_bytes,
             reply,
         })
         .await

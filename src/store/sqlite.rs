@@ -458,9 +458,11 @@ fn answer(conn: &Connection, op: ReadOp) {
             user,
             after,
             limit,
+            max_bytes,
             reply,
         } => {
-            let _ = reply.send(messages(conn, &user, after, limit).map_err(Into::into));
+            let page = messages(conn, &user, after, limit, max_bytes);
+            let _ = reply.send(page.map_err(Into::into));
         }
         ReadOp::Unread { user, reply } => {
             let _ = reply.send(unread(conn, &user).map_err(Into::into));
@@ -504,6 +506,7 @@ fn messages(
     user: &str,
     after: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<StoredMessage>, rusqlite::Error> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(
@@ -523,7 +526,17 @@ fn messages(
             read_at: opt_u64(r.get(6)?),
         })
     })?;
-    rows.collect()
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let m = row?;
+        bytes += m.data.get().len();
+        page.push(m);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 pub(super) fn raw_null() -> Box<serde_json::value::RawValue> {

@@ -384,6 +384,7 @@ impl Response {
             200 => "OK",
             204 => "No Content",
             400 => "Bad Request",
+            401 => "Unauthorized",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
@@ -392,10 +393,12 @@ impl Response {
             411 => "Length Required",
             413 => "Payload Too Large",
             415 => "Unsupported Media Type",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",
-            _ => "Unknown",
+            // Reason phrases are optional (RFC 9112); clients read the code.
+            _ => "",
         };
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());

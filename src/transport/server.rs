@@ -68,7 +68,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// The answer to a connection or handshake over its address's limit.
-pub(super) const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: 75\r\nConnection: close\r\n\r\n{\"code\":3,\"message\":\"Too many connections or handshakes from this address\"}";
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: 75\r\nConnection: close\r\n\r\n{\"code\":3,\"message\":\"Too many connections or handshakes from this address\"}";
 
 /// Accepts connections on `listener` until `shutdown` completes, then closes every
 /// session (each client gets a clean close) and returns.

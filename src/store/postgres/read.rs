@@ -10,9 +10,10 @@ pub(super) async fn answer(conn: &mut Conn, op: ReadOp) {
             user,
             after,
             limit,
+            max_bytes,
             reply,
         } => {
-            let _ = reply.send(messages(conn, &user, after, limit).await);
+            let _ = reply.send(messages(conn, &user, after, limit, max_bytes).await);
         }
         ReadOp::Unread { user, reply } => {
             let _ = reply.send(unread(conn, &user).await);
@@ -61,19 +62,27 @@ async fn messages(
     user: &str,
     after: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<StoredMessage>, StoreError> {
+    use futures_util::StreamExt as _;
     let c = conn.get().await?;
+    let limit = limit as i64;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user, &i(after), &limit];
+    // Rows are taken as they arrive, until the page's bytes are spent.
     let rows = c
-        .query(
+        .query_raw(
             "SELECT i.seq, i.message_id, m.event, m.data, i.ts, i.delivered_at, i.read_at
              FROM inbox i JOIN messages m ON m.id = i.message_id
              WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
-            &[&user, &i(after), &(limit as i64)],
+            params,
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredMessage {
+    let mut rows = std::pin::pin!(rows);
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    while let Some(r) = rows.next().await {
+        let r = r?;
+        let m = StoredMessage {
             seq: r.get::<_, i64>(0) as u64,
             id: r.get(1),
             event: r.get(2),
@@ -82,8 +91,14 @@ async fn messages(
             ts: r.get::<_, i64>(4) as u64,
             delivered_at: opt(r.get(5)),
             read_at: opt(r.get(6)),
-        })
-        .collect())
+        };
+        bytes += m.data.get().len();
+        page.push(m);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 async fn unread(conn: &mut Conn, user: &str) -> Result<Unread, StoreError> {
