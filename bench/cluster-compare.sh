@@ -17,7 +17,8 @@
 # socketioxide-peer from that directory and builds nothing.
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
-export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0
+export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
+  HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0
 cd "$(dirname "$0")/.."
 rate="${1:-5000}"
 secs="${2:-10}"

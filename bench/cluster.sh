@@ -6,7 +6,8 @@
 # Usage: bench/cluster.sh [rates] [durable|volatile]   (default: 5000 durable)
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
-export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0
+export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
+  HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0
 cd "$(dirname "$0")/.."
 rates="${1:-5000}"
 mode="${2:-durable}"

@@ -7,7 +7,8 @@
 # PostgreSQL runs in a temporary cluster of its own (initdb), with fsync on.
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
-export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0
+export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
+  HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0
 cd "$(dirname "$0")/.."
 which="${1:-both}"
 rates="${2:-1000,10000}"

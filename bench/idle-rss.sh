@@ -5,7 +5,8 @@
 # Usage: bench/idle-rss.sh [counts...]   (default: 1000 10000 19500)
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
-export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0
+export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
+  HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ $# -eq 0 ] && counts=(1000 10000 19500)

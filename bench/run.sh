@@ -22,7 +22,8 @@
 # HERALD_BIN runs a prebuilt herald instead of building the working tree.
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
-export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0
+export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
+  HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0
 
 # Everything is in a function so that bash reads the whole script before running it:
 # editing this file during a run cannot change the run.
