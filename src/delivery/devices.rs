@@ -11,14 +11,13 @@ use crate::protocol::{Args, ConnectError, DisconnectReason, Event, Handler, Hand
 const MAX_DEVICE_ID: usize = 128;
 
 /// Who a socket is and where it resumes from, read from its handshake once, at connect.
+/// Kept for the connection's life, so kept small: 64 bytes.
 struct Client {
-    user: String,
-    device: Option<String>,
+    user: Box<str>,
+    device: Option<Box<str>>,
     resume: Resume,
-    /// When the client's token expires (Unix seconds), if it does.
-    expires: Option<u64>,
-    /// This connection's `read` events: one store write at a time.
-    reads: parking_lot::Mutex<Reads>,
+    /// This connection's `read` events (none until its first).
+    reads: parking_lot::Mutex<Option<Box<Reads>>>,
 }
 
 /// `read` events that arrive while one is being stored are folded into the next write
@@ -106,12 +105,25 @@ impl Handler for Devices {
             .join(&user, socket, resume)
             .map_err(|e| ConnectError::new(e.to_string()))?;
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
+        if let (OnExpiry::Disconnect, leeway, Some(exp)) =
+            (self.on_expiry.0, self.on_expiry.1, identity.expires)
+        {
+            // A token is good through its `exp` second (as the check at connect counts
+            // it), so the connection ends as the next one begins.
+            let end_ms = exp
+                .saturating_add(leeway)
+                .saturating_add(1)
+                .saturating_mul(1000);
+            let left = end_ms.saturating_sub(crate::vocab::now_ms());
+            socket
+                .session()
+                .expire_after(std::time::Duration::from_millis(left));
+        }
         socket.set_data(Client {
-            user,
-            device,
+            user: user.into(),
+            device: device.map(String::into_boxed_str),
             resume,
-            expires: identity.expires,
-            reads: parking_lot::Mutex::new(Reads::default()),
+            reads: parking_lot::Mutex::new(None),
         });
         Ok(())
     }
@@ -120,20 +132,6 @@ impl Handler for Devices {
         let Some(client) = socket.data::<Client>() else {
             return;
         };
-        if let (OnExpiry::Disconnect, leeway) = self.on_expiry {
-            if let Some(exp) = client.expires {
-                // A token is good through its `exp` second (as the check at connect
-                // counts it), so the connection ends as the next one begins.
-                let end_ms = exp
-                    .saturating_add(leeway)
-                    .saturating_add(1)
-                    .saturating_mul(1000);
-                let left = end_ms.saturating_sub(crate::vocab::now_ms());
-                socket
-                    .session()
-                    .expire_after(std::time::Duration::from_millis(left));
-            }
-        }
         self.delivery.start(
             socket,
             &client.user,
@@ -167,13 +165,13 @@ impl Handler for Devices {
         };
         {
             let mut reads = client.reads.lock();
+            let reads = reads.get_or_insert_with(Box::default);
             if reads.in_flight {
                 reads.next = Some(reads.next.map_or(up_to, |n| n.max(up_to)));
                 if let Some(id) = event.ack {
                     if reads.acks.len() < MAX_WAITING_READS {
                         reads.acks.push(id);
                     } else {
-                        drop(reads);
                         let busy = serde_json::json!({"error": "too many reads waiting; retry"});
                         let _ = socket.ack(id, &Args::one(&busy));
                     }
@@ -197,6 +195,7 @@ impl Handler for Devices {
                     let _ = socket.ack(id, &Args::one(&reply));
                 }
                 let mut reads = client.reads.lock();
+                let Some(reads) = reads.as_mut() else { return };
                 match reads.next.take() {
                     Some(next) => {
                         up_to = next;

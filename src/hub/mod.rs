@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 mod broadcast;
-mod sent;
+mod member;
 
 use broadcast::Broadcasts;
-use sent::Sent;
+use member::{Member, Replay};
 
 use crate::protocol::packet;
 use crate::protocol::{Args, Socket};
@@ -72,29 +72,6 @@ pub fn encode_stored(id: &str, seq: u64, ts: u64, event: &str, data: &str) -> Ve
 /// `s` as a JSON string.
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
-}
-
-/// One connection in a user's room.
-struct Member {
-    socket: Socket,
-    /// Highest stored seq queued to this connection; stored messages at or below it are
-    /// not sent again. 0 until the first one.
-    last_seq: u64,
-    /// The user's last seq when a live connection joined: where a catch-up starts if the
-    /// connection has had nothing since (cluster only).
-    floor: u64,
-    /// Set while the connection replays stored messages: live stored messages wait here.
-    replay: Option<Box<Replay>>,
-    /// The stored seqs queued to this connection: the only ones it may acknowledge.
-    sent: Sent,
-}
-
-/// Live stored messages held during a replay.
-#[derive(Default)]
-struct Replay {
-    held: Vec<(u64, Vec<Outbound>)>,
-    /// More arrived than the buffer holds; the replay must read on from the store.
-    overflowed: bool,
 }
 
 /// What a delivery did.
@@ -196,13 +173,7 @@ impl Hub {
     /// Adds a socket to its user's room, unless the user is at the connection limit.
     /// A `resuming` socket holds live stored messages until its replay finishes.
     pub fn join(&self, user: &str, socket: &Socket, resuming: bool) -> Result<usize, JoinError> {
-        let member = Member {
-            socket: socket.clone(),
-            last_seq: 0,
-            floor: 0,
-            replay: resuming.then(Box::default),
-            sent: Sent::default(),
-        };
+        let member = Member::new(socket.clone(), resuming);
         let mut shard = self.shard(user).lock();
         if let Some(members) = shard.get_mut(user) {
             if members.len() >= self.config.max_connections_per_user {
@@ -244,9 +215,9 @@ impl Hub {
             let mut shard = shard.lock();
             for (user, members) in shard.iter_mut() {
                 for m in members.iter_mut() {
-                    let at = m.last_seq.max(m.floor);
-                    if m.replay.is_none() && at > 0 {
-                        m.replay = Some(Box::default());
+                    let at = m.last_seq.max(m.floor());
+                    if !m.is_replaying() && at > 0 {
+                        m.start_replay(Replay::default());
                         out.push((user.to_string(), m.socket.clone(), at));
                     }
                 }
@@ -264,7 +235,7 @@ impl Hub {
             .get_mut(user)
             .and_then(|ms| ms.iter_mut().find(|m| &m.socket == socket))
         {
-            m.floor = seq;
+            m.set_floor(seq);
         }
     }
 
@@ -338,11 +309,12 @@ impl Hub {
 
     /// Sends or holds one stored copy for one connection.
     fn offer(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> Offer {
-        if let Some(replay) = m.replay.as_mut() {
+        let max_held = self.config.max_replay_buffer;
+        if let Some(replay) = m.replay() {
             if replay.overflowed {
                 return Offer::Queued(0);
             }
-            if replay.held.len() >= self.config.max_replay_buffer {
+            if replay.held.len() >= max_held {
                 replay.held = Vec::new();
                 replay.overflowed = true;
                 return Offer::Queued(0);
@@ -355,10 +327,10 @@ impl Hub {
         }
         if m.last_seq > 0 && seq > m.last_seq + 1 {
             // Something between was missed: hold this one and read the rest first.
-            m.replay = Some(Box::new(Replay {
+            m.start_replay(Replay {
                 held: vec![(seq, packets.to_vec())],
                 overflowed: false,
-            }));
+            });
             return Offer::Gap(m.last_seq);
         }
         m.last_seq = seq;
@@ -369,7 +341,9 @@ impl Hub {
     fn send_stored(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> usize {
         let n = self.send(std::iter::once(&m.socket), packets);
         if n > 0 {
-            m.sent.record(seq);
+            m.sent(seq);
+        } else {
+            m.refused(seq);
         }
         n
     }
@@ -405,15 +379,15 @@ impl Hub {
         else {
             return ReplayEnd::Gone;
         };
-        let Some(replay) = m.replay.as_mut() else {
+        let last = m.last_seq;
+        let Some(replay) = m.replay() else {
             return ReplayEnd::Live;
         };
         if replay.overflowed {
             replay.overflowed = false;
-            return ReplayEnd::ReadOn(m.last_seq);
+            return ReplayEnd::ReadOn(last);
         }
-        let held = std::mem::take(&mut replay.held);
-        m.replay = None;
+        let held = m.end_replay().map(|r| r.held).unwrap_or_default();
         for (seq, packets) in held {
             if seq > m.last_seq {
                 m.last_seq = seq;
@@ -430,7 +404,7 @@ impl Hub {
         shard
             .get(user)
             .and_then(|ms| ms.iter().find(|m| &m.socket == socket))
-            .is_some_and(|m| m.sent.contains(seq))
+            .is_some_and(|m| m.was_sent(seq))
     }
 
     /// Tells a user's connections (but `except`) that they have read up to `up_to`.

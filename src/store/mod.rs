@@ -7,8 +7,11 @@
 //! per node that commits whatever is waiting in one transaction (group commit), and
 //! publishes committed messages, in commit order, to the node's dispatcher.
 
+mod health;
 mod postgres;
 mod sqlite;
+
+use health::{Health, PROBE_FRESH_MS, PROBE_TIMEOUT};
 
 use std::sync::Arc;
 
@@ -247,49 +250,6 @@ pub struct Store {
     config: Arc<StoreConfig>,
     health: Arc<Health>,
 }
-
-/// Whether the store can write, as its commits (and probes) last found.
-#[derive(Debug)]
-pub(crate) struct Health {
-    writable: std::sync::atomic::AtomicBool,
-    /// Unix ms of the last commit that succeeded.
-    last_ok: std::sync::atomic::AtomicU64,
-    /// The last probe: when (Unix ms) and its answer. One probe at a time; its answer
-    /// serves every readiness check for a second.
-    probe: tokio::sync::Mutex<(u64, bool)>,
-}
-
-impl Health {
-    fn new() -> Health {
-        Health {
-            writable: true.into(),
-            last_ok: 0.into(),
-            probe: tokio::sync::Mutex::new((0, true)),
-        }
-    }
-
-    fn ok(&self) {
-        use std::sync::atomic::Ordering;
-        self.last_ok.store(now_ms(), Ordering::Relaxed);
-        if !self.writable.swap(true, Ordering::Relaxed) {
-            tracing::info!("the store writes again; pushes are accepted");
-        }
-    }
-
-    fn failed(&self, err: &StoreError) {
-        use std::sync::atomic::Ordering;
-        if self.writable.swap(false, Ordering::Relaxed) {
-            tracing::error!(error = %err, "the store cannot write: pushes are refused (503) and /readyz fails until it can");
-        } else {
-            tracing::error!(error = %err, "store commit failed");
-        }
-    }
-}
-
-/// How long a probe's answer (or a commit's success) stands for readiness checks.
-const PROBE_FRESH_MS: u64 = 1000;
-/// How long a probe may take before the store counts as unable to write.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Queue lengths in front of the writer and the reader.
 const QUEUE: usize = 8192;

@@ -31,16 +31,25 @@ pub(crate) enum Flow {
 pub(crate) struct FrameReader {
     /// Bytes of an incomplete frame, or, with `backlog`, of frames left for the next turn.
     partial: Vec<u8>,
-    /// `partial` may hold complete frames: the last turn's budget ran out.
+    /// A fragmented message being reassembled (its opcode, if one is), and whether
+    /// `partial` may hold complete frames (the last turn's budget ran out): together,
+    /// so that the reader is seven words, as small as a connection task can hold it.
+    state: State,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The opcode of the message being reassembled; none between messages.
+    opcode: Option<Opcode>,
     backlog: bool,
-    /// A fragmented message being reassembled: its opcode and bytes so far.
-    fragments: Option<(Opcode, Vec<u8>)>,
+    /// Its bytes so far.
+    fragments: Vec<u8>,
 }
 
 impl FrameReader {
     /// Whether complete frames wait from an earlier turn.
     pub(crate) fn has_backlog(&self) -> bool {
-        self.backlog
+        self.state.backlog
     }
 
     /// Handles frames left from an earlier turn, then `data` (bytes just read), within
@@ -90,7 +99,7 @@ impl FrameReader {
         on: &mut dyn FnMut(Event<'_>) -> Flow,
     ) -> Result<usize, FrameError> {
         let mut pos = 0;
-        self.backlog = false;
+        self.state.backlog = false;
         while pos < buf.len() {
             let Some(h) =
                 frame::parse_header(&buf[pos..], max_payload).inspect_err(|_| self.clear())?
@@ -102,7 +111,7 @@ impl FrameReader {
                 break;
             }
             if *budget == 0 {
-                self.backlog = true;
+                self.state.backlog = true;
                 break;
             }
             *budget -= 1;
@@ -130,7 +139,7 @@ impl FrameReader {
     ) -> Result<Flow, FrameError> {
         match opcode {
             frame::Opcode::Text | frame::Opcode::Binary => {
-                if self.fragments.is_some() {
+                if self.state.opcode.is_some() {
                     return Err(FrameError {
                         code: frame::CloseCode::Protocol,
                         reason: "new message inside a fragmented one",
@@ -139,17 +148,19 @@ impl FrameReader {
                 if fin {
                     message(opcode, payload, on)
                 } else {
-                    self.fragments = Some((opcode, payload.to_vec()));
+                    self.state.opcode = Some(opcode);
+                    self.state.fragments = payload.to_vec();
                     Ok(Flow::Continue)
                 }
             }
             frame::Opcode::Continuation => {
-                let Some((opcode, mut data)) = self.fragments.take() else {
+                let Some(opcode) = self.state.opcode.take() else {
                     return Err(FrameError {
                         code: frame::CloseCode::Protocol,
                         reason: "continuation without a message",
                     });
                 };
+                let mut data = std::mem::take(&mut self.state.fragments);
                 if data.len() + payload.len() > max_payload {
                     return Err(FrameError {
                         code: frame::CloseCode::TooBig,
@@ -160,7 +171,8 @@ impl FrameReader {
                 if fin {
                     message(opcode, &mut data, on)
                 } else {
-                    self.fragments = Some((opcode, data));
+                    self.state.opcode = Some(opcode);
+                    self.state.fragments = data;
                     Ok(Flow::Continue)
                 }
             }
@@ -272,6 +284,11 @@ mod tests {
         }
         big.splice(0..0, masked(frame::Opcode::Text, false, b"a"));
         assert_eq!(run(&big, 64, 9).1, Some(frame::CloseCode::TooBig));
+    }
+
+    #[test]
+    fn the_reader_is_seven_words() {
+        assert_eq!(std::mem::size_of::<FrameReader>(), 56);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::IpAddr;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 
@@ -99,25 +99,30 @@ struct Inner {
     ws_closing: bool,
     /// The session is on its engine's flush list.
     flush_pending: bool,
-    /// The layer above admitted the client (see [`Session::admit`]).
-    admitted: bool,
     /// The socket refused bytes: the connection task writes once it is writable, and
     /// until then new packets only queue (no flush attempt that would be refused too).
     ws_blocked: bool,
 }
 
 const NEVER: u64 = u64::MAX;
+/// Set in `app_deadline` when it is a credentials expiry (engine-clock ms stay far
+/// below it).
+const EXPIRY: u64 = 1 << 62;
 
 /// One Engine.IO session.
 pub struct Session {
     sid: Sid,
-    /// The client's address, when the per-address limits count this session.
-    ip: Option<IpAddr>,
+    /// The client's address, when the per-address limits count this session (boxed:
+    /// eight bytes, and none at all where the limits are off).
+    ip: Option<Box<IpAddr>>,
     eio: Eio,
     /// v3 polling clients that asked for base64 (`b64=1`) instead of binary payloads.
     b64: bool,
     /// Which endpoint (path) the session belongs to.
     endpoint: u8,
+    /// The layer above admitted the client (see [`Session::admit`]). Beside the other
+    /// small fields, where it costs nothing: a session stays in its allocation size.
+    admitted: AtomicBool,
     /// The engine: registry, config, clock, counters.
     engine: Arc<EngineInner>,
     inner: Mutex<Inner>,
@@ -126,11 +131,9 @@ pub struct Session {
     /// Engine-clock ms by which the client must show life (pong, v3 ping), or by which a
     /// closing session must have flushed.
     deadline: AtomicU64,
-    /// Engine-clock ms at which the layer above gives up (Socket.IO connect timeout, or
-    /// the client's credentials expiring).
+    /// Engine-clock ms at which the layer above gives up: the Socket.IO connect timeout,
+    /// or (with [`EXPIRY`] set) the client's credentials expiring.
     app_deadline: AtomicU64,
-    /// Why the session closes at `app_deadline`: set with it.
-    app_reason: std::sync::atomic::AtomicBool,
     /// The layer above's state; set once, right after the session opens.
     conn: OnceLock<Box<dyn Connection>>,
 }
@@ -157,7 +160,7 @@ impl Session {
         let (ping_due, deadline) = engine.initial_heartbeat(eio, now);
         Arc::new(Session {
             sid: Sid::random(),
-            ip,
+            ip: ip.map(Box::new),
             eio,
             b64,
             endpoint,
@@ -180,13 +183,12 @@ impl Session {
                 raw: Vec::new(),
                 ws_closing: false,
                 flush_pending: false,
-                admitted: false,
                 ws_blocked: false,
             }),
             ping_due: AtomicU64::new(ping_due),
             deadline: AtomicU64::new(deadline),
             app_deadline: AtomicU64::new(NEVER),
-            app_reason: false.into(),
+            admitted: AtomicBool::new(false),
             conn: OnceLock::new(),
         })
     }
@@ -206,7 +208,7 @@ impl Session {
     }
 
     pub(crate) fn counted_ip(&self) -> Option<IpAddr> {
-        self.ip
+        self.ip.as_deref().copied()
     }
 
     pub(crate) fn endpoint(&self) -> u8 {
@@ -234,8 +236,24 @@ impl Session {
             Some(d) => self.engine.now_ms().saturating_add(d.as_millis() as u64),
             None => NEVER,
         };
-        self.app_reason.store(false, Ordering::Relaxed);
         self.app_deadline.store(at, Ordering::Relaxed);
+    }
+
+    /// Clears the connect timeout set with [`Session::set_app_deadline`]; an expiry set
+    /// with [`Session::expire_after`] stays.
+    pub fn clear_connect_deadline(&self) {
+        let v = self.app_deadline.load(Ordering::Relaxed);
+        if v == NEVER || v & EXPIRY == 0 {
+            self.app_deadline.store(NEVER, Ordering::Relaxed);
+        }
+    }
+
+    /// When the layer above gives up, and whether for expired credentials.
+    fn app_due(&self) -> (u64, bool) {
+        match self.app_deadline.load(Ordering::Relaxed) {
+            NEVER => (NEVER, false),
+            v => (v & !EXPIRY, v & EXPIRY != 0),
+        }
     }
 
     /// Closes the session with [`CloseReason::CredentialsExpired`] once `after` has
@@ -245,8 +263,8 @@ impl Session {
             .engine
             .now_ms()
             .saturating_add(after.as_millis().min(u64::MAX as u128) as u64);
-        self.app_reason.store(true, Ordering::Relaxed);
-        self.app_deadline.store(at, Ordering::Relaxed);
+        self.app_deadline
+            .store(at.min(EXPIRY - 1) | EXPIRY, Ordering::Relaxed);
     }
 
     /// Queues one packet for the client.
@@ -282,7 +300,7 @@ impl Session {
         for packets in messages {
             let bytes: usize = packets.iter().map(Outbound::len).sum();
             if inner.queue.len() + packets.len() > cfg.max_queue_packets
-                || inner.queued_bytes + inner.raw.len() + bytes > self.byte_limit(&inner)
+                || inner.queued_bytes + inner.raw.len() + bytes > self.byte_limit()
             {
                 match cfg.overflow {
                     OverflowPolicy::Drop => {
@@ -317,7 +335,7 @@ impl Session {
             return;
         }
         if inner.queue.len() >= cfg.max_queue_packets
-            || inner.queued_bytes + inner.raw.len() + packet.len() > self.byte_limit(&inner)
+            || inner.queued_bytes + inner.raw.len() + packet.len() > self.byte_limit()
         {
             return self.overflow(inner);
         }
@@ -328,9 +346,9 @@ impl Session {
 
     /// The bytes the queue may hold: a session that has not joined a namespace (no
     /// client has shown credentials on it) gets only `max_queue_bytes_before_connect`.
-    fn byte_limit(&self, inner: &Inner) -> usize {
+    fn byte_limit(&self) -> usize {
         let cfg = &self.engine.config;
-        if inner.admitted {
+        if self.admitted.load(Ordering::Relaxed) {
             cfg.max_queue_bytes
         } else {
             cfg.max_queue_bytes_before_connect.min(cfg.max_queue_bytes)
@@ -340,7 +358,7 @@ impl Session {
     /// The layer above admitted the client (it joined a namespace): its queue may now
     /// hold `max_queue_bytes`.
     pub fn admit(&self) {
-        self.inner.lock().admitted = true;
+        self.admitted.store(true, Ordering::Relaxed);
     }
 
     /// Ends the session for an overflowing queue.
@@ -525,8 +543,9 @@ impl Session {
             });
             return;
         }
-        if now >= self.app_deadline.load(Ordering::Relaxed) {
-            self.close(if self.app_reason.load(Ordering::Relaxed) {
+        let (app_due, expiry) = self.app_due();
+        if now >= app_due {
+            self.close(if expiry {
                 CloseReason::CredentialsExpired
             } else {
                 CloseReason::HandshakeTimeout
@@ -547,7 +566,7 @@ impl Session {
     /// Whether the heartbeat walker has something to do for this session at `now`.
     pub(crate) fn due(&self, now: u64) -> bool {
         now >= self.deadline.load(Ordering::Relaxed)
-            || now >= self.app_deadline.load(Ordering::Relaxed)
+            || now >= self.app_due().0
             || (self.eio == Eio::V4 && now >= self.ping_due.load(Ordering::Relaxed))
     }
 
@@ -561,6 +580,18 @@ impl Session {
         }
         false
     }
+}
+
+#[cfg(test)]
+#[test]
+fn a_session_fits_its_allocation_size() {
+    // With the `Arc` counts, 224 bytes: one of jemalloc's size classes. A field more
+    // puts every session in the next one (256).
+    assert!(
+        std::mem::size_of::<Session>() <= 208,
+        "{}",
+        std::mem::size_of::<Session>()
+    );
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl Session {
         if inner.reason.is_some() {
             return false;
         }
-        if inner.queued_bytes + inner.raw.len() + frame.len() > self.byte_limit(&inner) {
+        if inner.queued_bytes + inner.raw.len() + frame.len() > self.byte_limit() {
             let mut inner = inner;
             // The connection is dropped with it: nothing more is written.
             inner.raw = Vec::new();
