@@ -28,16 +28,28 @@ pub enum UserIdError {
 impl UserId {
     pub fn parse(s: impl Into<String>) -> Result<UserId, UserIdError> {
         let s = s.into();
+        UserId::check(&s)?;
+        Ok(UserId(s))
+    }
+
+    /// Whether `s` is a valid user id, without taking it.
+    pub fn check(s: &str) -> Result<(), UserIdError> {
         if s.is_empty() {
             return Err(UserIdError::Empty);
         }
         if s.len() > MAX_USER_ID {
             return Err(UserIdError::TooLong);
         }
-        if s.chars().any(char::is_control) {
+        // Control characters are ASCII or U+0080..U+009F; most ids are plain ASCII.
+        let control = if s.is_ascii() {
+            s.bytes().any(|b| b.is_ascii_control())
+        } else {
+            s.chars().any(char::is_control)
+        };
+        if control {
             return Err(UserIdError::Control);
         }
-        Ok(UserId(s))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -5,6 +5,54 @@
 /// a double (JavaScript would read `1e999999` as `Infinity`), strings of valid Unicode
 /// (no lone surrogate escapes such as `"\ud800"`).
 pub fn check_data(json: &str, max_depth: usize) -> Result<(), String> {
+    if plainly_fine(json.as_bytes(), max_depth) {
+        return Ok(());
+    }
+    check_data_fully(json, max_depth)
+}
+
+/// A scan that settles the common case without parsing: no escapes in strings (so no
+/// lone surrogate), no exponents and no runs of more than 15 digits outside them (so
+/// every number fits a double), nesting within the limit. Anything else gets the full
+/// check. The JSON is already known to
+/// be well formed (it was parsed as part of the push).
+pub(super) fn plainly_fine(json: &[u8], max_depth: usize) -> bool {
+    let (mut depth, mut in_string, mut digits) = (0usize, false, 0usize);
+    for &b in json {
+        if in_string {
+            match b {
+                b'\\' => return false,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            // An exponent (after a digit; the `e` of `true` and `false` is none).
+            b'e' | b'E' if digits > 0 => return false,
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 15 {
+                    return false;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        digits = 0;
+    }
+    true
+}
+
+fn check_data_fully(json: &str, max_depth: usize) -> Result<(), String> {
     use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
     struct Level(usize);

@@ -316,7 +316,7 @@ impl PushService {
                 for u in users {
                     // The rules a client's id is held to at connect: a push to an id no
                     // client can have would be stored for nobody.
-                    UserId::parse(u.as_str()).map_err(|e| {
+                    UserId::check(u).map_err(|e| {
                         PushError::Invalid(format!("to.users: {e}, got {}", json_quoted(u)))
                     })?;
                 }
@@ -488,6 +488,15 @@ mod tests {
             r#"[1, 2e308]"#,
         ] {
             assert!(check_data(bad, 64).is_err(), "{bad}");
+        }
+        for plain in [r#"{"ok":true,"n":[1,2.5,-3],"s":"x"}"#, "null", "false"] {
+            assert!(data::plainly_fine(plain.as_bytes(), 64), "{plain}");
+        }
+        for needs_parse in ["1e5", r#""\u0041""#, "1234567890123456"] {
+            assert!(
+                !data::plainly_fine(needs_parse.as_bytes(), 64),
+                "{needs_parse}"
+            );
         }
         for good in [
             r#""\ud83d\ude00""#,
