@@ -46,7 +46,7 @@ pub(super) async fn polling(
         Ok(e) => e,
         Err(code) => {
             engine.metrics.http_errors.inc();
-            write(engine, stream, &error_response(code, ka, cors)).await?;
+            eio_error(engine, stream, code, ka, cors).await?;
             return Ok(Next::KeepAlive);
         }
     };
@@ -78,12 +78,7 @@ pub(super) async fn polling(
         }
         (Method::Get, true) => {
             let Some(session) = lookup(engine, head, endpoint) else {
-                write(
-                    engine,
-                    stream,
-                    &error_response(EioError::SessionIdUnknown, ka, cors),
-                )
-                .await?;
+                eio_error(engine, stream, EioError::SessionIdUnknown, ka, cors).await?;
                 return Ok(Next::KeepAlive);
             };
             if session.expire_if_due() || session.begin_get().is_err() {
@@ -92,7 +87,7 @@ pub(super) async fn polling(
                 } else {
                     EioError::BadRequest
                 };
-                write(engine, stream, &error_response(code, ka, cors)).await?;
+                eio_error(engine, stream, code, ka, cors).await?;
                 return Ok(Next::KeepAlive);
             }
             let reply = wait_get(&session, stream, buf).await;
@@ -114,21 +109,11 @@ pub(super) async fn polling(
         }
         (Method::Post, true) => post(engine, stream, head, buf, endpoint, cors).await,
         (_, false) => {
-            write(
-                engine,
-                stream,
-                &error_response(EioError::BadHandshakeMethod, ka, cors),
-            )
-            .await?;
+            eio_error(engine, stream, EioError::BadHandshakeMethod, ka, cors).await?;
             Ok(Next::KeepAlive)
         }
         (_, true) => {
-            write(
-                engine,
-                stream,
-                &error_response(EioError::BadRequest, ka, cors),
-            )
-            .await?;
+            eio_error(engine, stream, EioError::BadRequest, ka, cors).await?;
             Ok(Next::KeepAlive)
         }
     }
@@ -203,21 +188,11 @@ pub(super) async fn post(
 ) -> io::Result<Next> {
     let ka = head.keep_alive;
     let Some(session) = lookup(engine, head, endpoint) else {
-        write(
-            engine,
-            stream,
-            &error_response(EioError::SessionIdUnknown, ka, cors),
-        )
-        .await?;
+        eio_error(engine, stream, EioError::SessionIdUnknown, ka, cors).await?;
         return Ok(Next::Close);
     };
     if session.expire_if_due() || session.begin_post().is_err() {
-        write(
-            engine,
-            stream,
-            &error_response(EioError::BadRequest, ka, cors),
-        )
-        .await?;
+        eio_error(engine, stream, EioError::BadRequest, ka, cors).await?;
         return Ok(Next::Close);
     }
     let body = read_body(engine, stream, head, buf, engine.config.max_payload).await;
@@ -226,22 +201,12 @@ pub(super) async fn post(
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             session.close(CloseReason::TransportError);
-            write(
-                engine,
-                stream,
-                &error_response(EioError::PayloadTooLarge, false, cors),
-            )
-            .await?;
+            eio_error(engine, stream, EioError::PayloadTooLarge, false, cors).await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Malformed) => {
             session.close(CloseReason::TransportError);
-            write(
-                engine,
-                stream,
-                &error_response(EioError::BadRequest, false, cors),
-            )
-            .await?;
+            eio_error(engine, stream, EioError::BadRequest, false, cors).await?;
             return Ok(Next::Close);
         }
         Err(BodyError::Gone) => {
@@ -285,12 +250,7 @@ pub(super) async fn post(
             tracing::debug!(sid = %session.sid(), error = %e, "bad polling payload");
             engine.metrics.protocol_errors.inc();
             session.close(CloseReason::ParseError);
-            write(
-                engine,
-                stream,
-                &error_response(EioError::BadRequest, false, cors),
-            )
-            .await?;
+            eio_error(engine, stream, EioError::BadRequest, false, cors).await?;
             Ok(Next::Close)
         }
     }
@@ -298,3 +258,14 @@ pub(super) async fn post(
 
 /// Packets of one polling body handled before the task lets others run.
 pub(super) const PACKETS_PER_TURN: usize = 256;
+
+/// Writes Engine.IO's error answer.
+async fn eio_error(
+    engine: &EngineInner,
+    stream: &TcpStream,
+    error: EioError,
+    keep_alive: bool,
+    cors: &[(&'static str, String)],
+) -> io::Result<()> {
+    write(engine, stream, &error_response(error, keep_alive, cors)).await
+}
