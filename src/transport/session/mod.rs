@@ -21,6 +21,7 @@ use std::task::Waker;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+mod heartbeat;
 mod polling;
 mod ws;
 
@@ -245,14 +246,6 @@ impl Session {
         let v = self.app_deadline.load(Ordering::Relaxed);
         if v == NEVER || v & EXPIRY == 0 {
             self.app_deadline.store(NEVER, Ordering::Relaxed);
-        }
-    }
-
-    /// When the layer above gives up, and whether for expired credentials.
-    fn app_due(&self) -> (u64, bool) {
-        match self.app_deadline.load(Ordering::Relaxed) {
-            NEVER => (NEVER, false),
-            v => (v & !EXPIRY, v & EXPIRY != 0),
         }
     }
 
@@ -531,81 +524,6 @@ impl Session {
     pub(crate) fn count_protocol_error(&self) {
         self.engine.metrics.protocol_errors.inc();
     }
-
-    /// Called by the heartbeat walker: sends due pings, closes expired sessions.
-    pub(crate) fn tick(self: &Arc<Self>, now: u64) {
-        if now >= self.deadline.load(Ordering::Relaxed) {
-            let closing = self.inner.lock().state == State::Closing;
-            self.close(if closing {
-                CloseReason::ServerClose
-            } else {
-                CloseReason::PingTimeout
-            });
-            return;
-        }
-        let (app_due, expiry) = self.app_due();
-        if now >= app_due {
-            self.close(if expiry {
-                CloseReason::CredentialsExpired
-            } else {
-                CloseReason::HandshakeTimeout
-            });
-            return;
-        }
-        let ping_due = self.ping_due.load(Ordering::Relaxed);
-        if self.eio == Eio::V4 && now >= ping_due {
-            // The answer is due one timeout after the ping was scheduled, not after the
-            // walker got to it, so a tick's delay never extends a dead session's life.
-            let timeout = self.engine.config.ping_timeout.as_millis() as u64;
-            self.ping_due.store(NEVER, Ordering::Relaxed);
-            self.deadline.store(ping_due + timeout, Ordering::Relaxed);
-            self.send_control(Outbound::control(Kind::Ping));
-        }
-    }
-
-    /// Whether the heartbeat walker has something to do for this session at `now`.
-    pub(crate) fn due(&self, now: u64) -> bool {
-        now >= self.deadline.load(Ordering::Relaxed)
-            || now >= self.app_due().0
-            || (self.eio == Eio::V4 && now >= self.ping_due.load(Ordering::Relaxed))
-    }
-
-    /// Closes the session if its liveness deadline has passed (checked on each request,
-    /// so a client never sees a session the walker has not yet reaped).
-    pub(crate) fn expire_if_due(self: &Arc<Self>) -> bool {
-        let now = self.engine.now_ms();
-        if now >= self.deadline.load(Ordering::Relaxed) {
-            self.tick(now);
-            return true;
-        }
-        false
-    }
-}
-
-#[cfg(test)]
-#[test]
-fn a_session_fits_its_allocation_size() {
-    // With the `Arc` counts, 224 bytes: one of jemalloc's size classes. A field more
-    // puts every session in the next one (256).
-    assert!(
-        std::mem::size_of::<Session>() <= 208,
-        "{}",
-        std::mem::size_of::<Session>()
-    );
-}
-
-#[cfg(test)]
-impl Session {
-    /// The text of every packet queued so far, taken off the queue (tests).
-    pub(crate) fn take_queued(&self) -> Vec<String> {
-        let mut inner = self.inner.lock();
-        inner.queued_bytes = 0;
-        inner
-            .queue
-            .drain(..)
-            .map(|p| String::from_utf8_lossy(p.body()).into_owned())
-            .collect()
-    }
 }
 
 /// Wakes the task that drains the queue (unless an upgrade holds it), after unlocking.
@@ -626,3 +544,6 @@ fn wake_all(wakers: [Option<Waker>; 2]) {
         w.wake();
     }
 }
+
+#[cfg(test)]
+mod tests;
