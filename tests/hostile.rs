@@ -234,9 +234,16 @@ async fn control_packet_floods_cannot_exhaust_memory() {
     let base = h.baseline().await;
     let peak = PeakRss::watch(h.pid());
 
-    // Long-polling: bodies of 333,000 pings each, never polling for the pongs. Before
-    // the queue counted control packets, 20 such bodies held 320 MB.
+    // Long-polling, by a client that has joined (so that its bodies may be large):
+    // bodies of 333,000 pings each, never polling for the pongs. Before the queue counted
+    // control packets, 20 such bodies held 320 MB.
     let sid = polling_sid(h.addr).await;
+    let join = r#"40{"userId":"flood"}"#;
+    let req = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{join}",
+        join.len()
+    );
+    assert_eq!(http(h.addr, req.as_bytes()).await.0, 200);
     let body = vec!["2"; 333_000].join("\u{1e}");
     for _ in 0..8 {
         let req = format!(
@@ -837,5 +844,43 @@ async fn a_flood_of_reads_is_folded_and_pushes_still_arrive() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = unread;
+    h.settles(base, 16 * MIB).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_has_not_joined_may_send_little_and_no_events() {
+    let h = Herald::start(&[("HERALD_AUTH_JWT_SECRET", "s3cret")]);
+    let base = (h.rss_kib(), h.fds());
+    // An incomplete 999 KB message, then a frame announcing as much: over the 64 KiB
+    // allowed before a namespace is joined, the connection is closed (1009).
+    let mut ws = Ws::connect(h.addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    let mut first = masked(1, false, &vec![b'4'; 999_000]);
+    first.truncate(200_000);
+    ws.send_raw(&first).await;
+    assert_eq!(ws.close_code().await, 1009);
+    // A polling body as large is refused (413) without being read in full.
+    let sid = polling_sid(h.addr).await;
+    let big = "4".repeat(200_000);
+    let req = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        big.len()
+    );
+    if let Some((status, _)) = common::try_http(h.addr, req.as_bytes()).await {
+        assert_eq!(status, 413);
+    }
+    // An event before any CONNECT ends the session at once (it is not even parsed).
+    let mut ws = Ws::connect(h.addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    let args: Vec<String> = (0..10_000).map(|_| "1".to_owned()).collect();
+    ws.send_text(&format!("42[\"e\",{}]", args.join(","))).await;
+    assert_eq!(ws.close_code().await, 1002);
+    // A handshake query longer than max_query_bytes is refused.
+    let long = format!(
+        "/socket.io/?EIO=4&transport=polling&pad={}",
+        "q".repeat(9_000)
+    );
+    let (status, body) = http(h.addr, &get(&long)).await;
+    assert_eq!(status, 400, "{body}");
     h.settles(base, 16 * MIB).await;
 }

@@ -71,6 +71,11 @@ pub struct TransportSection {
     pub max_queue_packets: usize,
     /// Bytes queued for one client. Default 4 MiB.
     pub max_queue_bytes: usize,
+    /// Largest message or polling body from a client that has not joined a namespace.
+    /// Default 64 KiB.
+    pub max_payload_before_connect: usize,
+    /// Longest handshake query string, bytes. Default 8 KiB.
+    pub max_query_bytes: usize,
     /// Bytes queued for a client that has not joined a namespace. Default 64 KiB.
     pub max_queue_bytes_before_connect: usize,
     /// `disconnect` or `drop` when a client's queue is full. Default `disconnect`.
@@ -114,6 +119,8 @@ impl Default for TransportSection {
             ping_interval_ms: e.ping_interval.as_millis() as u64,
             ping_timeout_ms: e.ping_timeout.as_millis() as u64,
             max_payload: e.max_payload,
+            max_payload_before_connect: e.max_payload_before_connect,
+            max_query_bytes: e.max_query_bytes,
             max_queue_packets: e.max_queue_packets,
             max_queue_bytes: e.max_queue_bytes,
             max_queue_bytes_before_connect: e.max_queue_bytes_before_connect,
@@ -341,6 +348,8 @@ impl Config {
             ping_interval: Duration::from_millis(t.ping_interval_ms),
             ping_timeout: Duration::from_millis(t.ping_timeout_ms),
             max_payload: t.max_payload,
+            max_payload_before_connect: t.max_payload_before_connect,
+            max_query_bytes: t.max_query_bytes,
             max_queue_packets: t.max_queue_packets,
             max_queue_bytes: t.max_queue_bytes,
             max_queue_bytes_before_connect: t.max_queue_bytes_before_connect,

@@ -26,6 +26,12 @@ pub struct EngineConfig {
     /// Largest message or polling payload a client may send, in bytes. Default 1,000,000
     /// (as Node's `maxHttpBufferSize`).
     pub max_payload: usize,
+    /// Largest message or polling body from a client that has not joined a namespace
+    /// (shown no credentials): a CONNECT with its token needs little. Default 64 KiB.
+    pub max_payload_before_connect: usize,
+    /// Longest handshake query string (kept with the session for its namespace
+    /// handshakes). Default 8 KiB.
+    pub max_query_bytes: usize,
     /// Largest number of packets queued for one client, control packets (pings, pongs,
     /// noops) included. Default 4096.
     pub max_queue_packets: usize,
@@ -83,6 +89,8 @@ impl Default for EngineConfig {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             max_payload: 1_000_000,
+            max_payload_before_connect: 64 << 10,
+            max_query_bytes: 8 << 10,
             max_queue_packets: 4096,
             max_queue_bytes: 4 << 20,
             max_queue_bytes_before_connect: 64 << 10,

@@ -127,6 +127,8 @@ pub(super) enum Refusal {
     Address,
     /// The node holds `max_sessions`.
     Node,
+    /// The handshake query is longer than `max_query_bytes`.
+    Query,
 }
 
 impl Refusal {
@@ -137,6 +139,7 @@ impl Refusal {
                 (429, "Too many connections or handshakes from this address")
             }
             Refusal::Node => (503, "The server holds as many sessions as it may"),
+            Refusal::Query => (400, "Handshake query too long"),
         };
         let body = format!("{{\"code\":3,\"message\":\"{message}\"}}");
         Response::new(status)
@@ -148,7 +151,15 @@ impl Refusal {
 
 /// Whether `remote` may open another session now: its address's handshake rate and
 /// session count, and the node's session count.
-pub(super) fn admit(engine: &EngineInner, remote: SocketAddr) -> Result<Ticket<'_>, Refusal> {
+pub(super) fn admit<'a>(
+    engine: &'a EngineInner,
+    remote: SocketAddr,
+    head: &Head,
+) -> Result<Ticket<'a>, Refusal> {
+    if head.query().len() > engine.config.max_query_bytes {
+        // The query is kept with the session: it is bounded like everything kept.
+        return Err(Refusal::Query);
+    }
     let ip = remote.ip();
     if engine.per_ip.limited(ip) && engine.per_ip.handshake(ip, engine.now_ms()).is_err() {
         engine.metrics.handshakes_refused.inc();

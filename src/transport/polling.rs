@@ -53,7 +53,7 @@ pub(super) async fn polling(
     let has_sid = http::query_param(head.query(), "sid").is_some();
     match (head.method, has_sid) {
         (Method::Get, false) => {
-            let ticket = match admit(engine, remote) {
+            let ticket = match admit(engine, remote, head) {
                 Ok(t) => t,
                 Err(refusal) => {
                     write(engine, stream, &refusal.answer()).await?;
@@ -195,7 +195,7 @@ pub(super) async fn post(
         eio_error(engine, stream, EioError::BadRequest, ka, cors).await?;
         return Ok(Next::Close);
     }
-    let body = read_body(engine, stream, head, buf, engine.config.max_payload).await;
+    let body = read_body(engine, stream, head, buf, session.max_payload()).await;
     session.end_post();
     let body = match body {
         Ok(b) => b,

@@ -69,7 +69,7 @@ pub(super) async fn upgrade(
             }
         }
     } else {
-        match admit(engine, remote) {
+        match admit(engine, remote, &head) {
             Ok(t) => (None, Some(t)),
             Err(refusal) => {
                 let _ = write(engine, &stream, &refusal.answer()).await;

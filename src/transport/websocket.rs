@@ -217,7 +217,14 @@ impl Driver {
     /// `budget` lasts; the reader keeps the rest.
     fn process(&mut self, data: &mut [u8], budget: &mut usize) {
         let mut reader = std::mem::take(&mut self.reader);
-        let read = reader.feed(data, self.max_payload, budget, &mut |e| self.on_event(e));
+        // Until the client has joined a namespace, its messages are held to the small
+        // limit (an incomplete one could otherwise sit here at `max_payload`).
+        let max = self
+            .session
+            .max_payload()
+            .saturating_add(1)
+            .min(self.max_payload);
+        let read = reader.feed(data, max, budget, &mut |e| self.on_event(e));
         self.reader = reader;
         if let Err(e) = read {
             self.fail(e);

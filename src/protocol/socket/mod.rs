@@ -381,6 +381,14 @@ impl Conn {
                 "text packet while awaiting attachments".into(),
             ));
         }
+        if !matches!(text.as_bytes().first(), Some(b'0' | b'1'))
+            && conn.state.lock().sockets.is_empty()
+        {
+            // As the reference server does: anything but a CONNECT (or a DISCONNECT)
+            // before the client has joined a namespace ends the session, before its data
+            // costs a parse.
+            return Err(MessageError("packet before joining a namespace".into()));
+        }
         let p = packet::decode(text, conn.config.max_attachments).map_err(bad)?;
         match p.kind {
             PacketType::Connect => {

@@ -348,6 +348,22 @@ impl Session {
         }
     }
 
+    /// Whether the layer above has admitted the client.
+    pub(crate) fn is_admitted(&self) -> bool {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// The largest message or polling body the client may send now: before it has joined
+    /// a namespace, only `max_payload_before_connect`.
+    pub(crate) fn max_payload(&self) -> usize {
+        let cfg = &self.engine.config;
+        if self.is_admitted() {
+            cfg.max_payload
+        } else {
+            cfg.max_payload_before_connect.min(cfg.max_payload)
+        }
+    }
+
     /// The layer above admitted the client (it joined a namespace): its queue may now
     /// hold `max_queue_bytes`.
     pub fn admit(&self) {
