@@ -769,6 +769,23 @@ async fn a_client_that_leaves_its_namespace_is_timed_out_again() {
     let presence = "GET /api/v1/users/hal/presence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\nConnection: close\r\n\r\n";
     let (_, body) = http(h.addr, presence.as_bytes()).await;
     assert!(body.contains(r#""connections":0"#), "{body}");
+    // Leaving a namespace it never joined does not restart the timer: a client that
+    // keeps sending `41` is closed on time all the same.
+    let mut idle = Ws::connect(h.addr, "EIO=4&transport=websocket").await;
+    assert!(idle.text().await.starts_with("0{"));
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(4) {
+        idle.send_text("41").await;
+        match tokio::time::timeout(Duration::from_millis(300), idle.frame()).await {
+            Ok(Some(Frame::Close(_))) | Ok(None) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "a session sending 41 outlived its connect timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

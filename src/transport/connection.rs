@@ -51,6 +51,10 @@ pub enum Message<'a> {
 
 /// The layer above's per-session state, created when the session opens.
 pub trait Connection: Send + Sync + 'static {
+    /// The session is attached and registered: what the layer above does at once (a v3
+    /// client's implicit CONNECT) happens here, where a session that closes meanwhile is
+    /// accounted for like any other. Default: nothing.
+    fn on_opened(&self, _session: &Arc<Session>) {}
     /// A message arrived. An error closes the session with [`CloseReason::ParseError`].
     fn on_message(&self, session: &Arc<Session>, msg: Message<'_>) -> Result<(), MessageError>;
     /// The session ended; called exactly once, never while a push holds a lock.

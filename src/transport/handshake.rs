@@ -201,6 +201,7 @@ pub(super) fn open_session(
     let conn = handler.on_open(&session, &OpenRequest { query, remote });
     session.set_connection(conn);
     engine.insert(&session);
+    session.opened();
     session
 }
 

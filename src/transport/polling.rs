@@ -16,7 +16,7 @@ use super::http::{self, Head, Method, Response};
 use super::packet::{self, Eio};
 use super::request::{read_body, write, BodyError};
 use super::server::Next;
-use super::session::{CloseReason, GetReply, Session};
+use super::session::{Busy, CloseReason, GetReply, Session};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn polling(
@@ -81,7 +81,7 @@ pub(super) async fn polling(
                 eio_error(engine, stream, EioError::SessionIdUnknown, ka, cors).await?;
                 return Ok(Next::KeepAlive);
             };
-            if session.expire_if_due() || session.begin_get().is_err() {
+            if session.expire_if_due() || !begin_get(engine, &session).await {
                 let code = if session.is_closed() {
                     EioError::SessionIdUnknown
                 } else {
@@ -94,9 +94,12 @@ pub(super) async fn polling(
             // The GET stays the session's one pending GET until its answer is written, so
             // a client cannot have one answer after another copied and left unread.
             let next = match reply {
-                Some(reply) => respond_get(engine, stream, &session, reply, ka, cors)
-                    .await
-                    .map(|()| Next::KeepAlive),
+                Some(reply) => {
+                    session.answering_get();
+                    respond_get(engine, stream, &session, reply, ka, cors)
+                        .await
+                        .map(|()| Next::KeepAlive)
+                }
                 None => Ok(Next::Close),
             };
             if !matches!(next, Ok(Next::KeepAlive)) {
@@ -115,6 +118,22 @@ pub(super) async fn polling(
         (_, true) => {
             eio_error(engine, stream, EioError::BadRequest, ka, cors).await?;
             Ok(Next::KeepAlive)
+        }
+    }
+}
+
+/// Starts a polling `GET`. A client may send its next `GET` as soon as it has read the
+/// last answer, before this server has marked that answer written: that one waits for
+/// it (briefly, within the request timeout) instead of counting as a second `GET`.
+async fn begin_get(engine: &EngineInner, session: &Arc<Session>) -> bool {
+    let deadline = tokio::time::Instant::now() + engine.config.request_timeout;
+    loop {
+        match session.begin_get() {
+            Ok(()) => return true,
+            Err(Busy::Answering) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(_) => return false,
         }
     }
 }

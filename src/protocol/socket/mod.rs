@@ -283,10 +283,6 @@ impl EngineHandler for SocketIo {
         // A session must join a namespace within the connect timeout, whatever its
         // protocol: one that never shows valid credentials is closed then.
         session.set_app_deadline(Some(self.config.connect_timeout));
-        if session.eio() == Eio::V3 {
-            // Protocol v4 connects the root namespace implicitly.
-            let _ = connect(&inner, session, "/", None, None);
-        }
         Box::new(Conn(inner))
     }
 }
@@ -400,15 +396,19 @@ impl Conn {
                 connect(conn, session, p.nsp, auth, p.query)
             }
             PacketType::Disconnect => {
-                if let Some(s) = conn.socket(p.nsp) {
-                    if conn.remove(&s) {
-                        s.left(DisconnectReason::ClientNamespaceDisconnect);
+                let Some(s) = conn.socket(p.nsp) else {
+                    // Not in that namespace: nothing to leave (and no timer to restart).
+                    return Ok(());
+                };
+                if conn.remove(&s) {
+                    s.left(DisconnectReason::ClientNamespaceDisconnect);
+                    if conn.state.lock().sockets.is_empty() {
+                        // In no namespace any more: it is held to the limits of a client
+                        // that has shown nothing, and must join one within the connect
+                        // timeout or the session ends.
+                        session.unadmit();
+                        session.set_app_deadline(Some(conn.config.connect_timeout));
                     }
-                }
-                if conn.state.lock().sockets.is_empty() {
-                    // In no namespace any more: join one within the connect timeout, or
-                    // the session ends.
-                    session.set_app_deadline(Some(conn.config.connect_timeout));
                 }
                 Ok(())
             }
@@ -509,6 +509,13 @@ fn dispatch(
 }
 
 impl Connection for Conn {
+    fn on_opened(&self, session: &Arc<Session>) {
+        if session.eio() == Eio::V3 {
+            // Protocol v4 connects the root namespace implicitly.
+            let _ = connect(&self.0, session, "/", None, None);
+        }
+    }
+
     fn on_message(&self, session: &Arc<Session>, msg: Message<'_>) -> Result<(), MessageError> {
         match msg {
             Message::Text(t) => self.on_text(session, t),

@@ -55,6 +55,21 @@ pub(crate) enum Busy {
     /// session, as in the reference server).
     #[error("another request of this kind is pending")]
     Duplicate,
+    /// The previous `GET`'s answer is still being written: the next one waits for it.
+    #[error("the previous answer is still being written")]
+    Answering,
+}
+
+/// Where a session's polling `GET` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Get {
+    Idle,
+    /// One waits for packets (at most one may).
+    Waiting,
+    /// Its answer has been taken from the queue and is being written: the next `GET`
+    /// waits until it is, so that answers are never copied out one after another and
+    /// left unread.
+    Answering,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +94,7 @@ struct Inner {
     queued_bytes: usize,
     state: State,
     /// Set while a long-polling `GET` waits on this session (at most one may).
-    get_active: bool,
+    get: Get,
     /// Set while a long-polling `POST` is being read (at most one may).
     post_active: bool,
     /// The pending polling `GET` must be answered with a noop (an upgrade is probing).
@@ -174,7 +189,7 @@ impl Session {
                 } else {
                     State::Polling
                 },
-                get_active: false,
+                get: Get::Idle,
                 post_active: false,
                 noop: false,
                 waker: None,
@@ -218,6 +233,13 @@ impl Session {
 
     pub(crate) fn set_connection(&self, conn: Box<dyn Connection>) {
         let _ = self.conn.set(conn);
+    }
+
+    /// Tells the layer above that the session is attached and registered.
+    pub(crate) fn opened(self: &Arc<Self>) {
+        if let Some(conn) = self.conn.get() {
+            conn.on_opened(self);
+        }
     }
 
     /// Whether the session has ended (or is flushing its last packets).
@@ -370,6 +392,12 @@ impl Session {
         self.admitted.store(true, Ordering::Relaxed);
     }
 
+    /// The client left every namespace: back to the limits of [`Session::admit`]'s
+    /// before.
+    pub fn unadmit(&self) {
+        self.admitted.store(false, Ordering::Relaxed);
+    }
+
     /// Ends the session for an overflowing queue.
     fn overflow(self: &Arc<Self>, mut inner: parking_lot::MutexGuard<'_, Inner>) {
         self.engine.metrics.queue_overflow_disconnects.inc();
@@ -499,7 +527,7 @@ impl Session {
         match packet {
             Packet::Control(Kind::Close, _) => self.close(CloseReason::TransportClose),
             Packet::Control(Kind::Ping, data) => {
-                if self.eio == Eio::V3 {
+                if self.eio == Eio::V3 && !self.is_closed() {
                     let now = self.engine.now_ms();
                     self.deadline
                         .store(self.engine.v3_deadline(now), Ordering::Relaxed);
@@ -510,7 +538,8 @@ impl Session {
                 self.send_control(Outbound::Text(pong.into()));
             }
             Packet::Control(Kind::Pong, _) => {
-                if self.eio == Eio::V4 {
+                // A closing session keeps its grace deadline: a pong does not extend it.
+                if self.eio == Eio::V4 && !self.is_closed() {
                     let now = self.engine.now_ms();
                     self.deadline.store(NEVER, Ordering::Relaxed);
                     let interval = self.engine.config.ping_interval.as_millis() as u64;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{Busy, CloseReason, Session, State};
+use super::{Busy, CloseReason, Get, Session, State};
 use crate::transport::packet::{Kind, Outbound};
 
 /// What a pending polling `GET` answers with.
@@ -18,26 +18,40 @@ pub(crate) enum GetReply {
 
 impl Session {
     /// Starts a polling `GET`. Fails if one is already waiting (which, as in the
-    /// reference server, ends the session) or the session no longer polls.
+    /// reference server, ends the session), if the previous one's answer is still being
+    /// written (the caller retries shortly), or if the session no longer polls.
     pub(crate) fn begin_get(self: &Arc<Self>) -> Result<(), Busy> {
         let mut inner = self.inner.lock();
         match inner.state {
             State::Polling | State::Upgrading | State::Closing => {}
             State::WebSocket | State::Closed => return Err(Busy::NotPolling),
         }
-        if inner.get_active {
-            drop(inner);
-            self.close(CloseReason::TransportError);
-            return Err(Busy::Duplicate);
+        match inner.get {
+            Get::Waiting => {
+                drop(inner);
+                self.close(CloseReason::TransportError);
+                Err(Busy::Duplicate)
+            }
+            Get::Answering => Err(Busy::Answering),
+            Get::Idle => {
+                inner.get = Get::Waiting;
+                Ok(())
+            }
         }
-        inner.get_active = true;
-        Ok(())
+    }
+
+    /// The pending `GET` took its answer and is writing it.
+    pub(crate) fn answering_get(&self) {
+        let mut inner = self.inner.lock();
+        if inner.get == Get::Waiting {
+            inner.get = Get::Answering;
+        }
     }
 
     /// Ends a polling `GET` (answered or abandoned).
     pub(crate) fn end_get(&self) {
         let mut inner = self.inner.lock();
-        inner.get_active = false;
+        inner.get = Get::Idle;
         if matches!(inner.state, State::Polling | State::Closing) {
             inner.waker = None;
         }
