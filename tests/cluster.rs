@@ -3,7 +3,6 @@
 //! restart loses nothing, a killed node leaves presence by itself, and all of it works
 //! through a Redis Cluster too.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -264,16 +263,7 @@ fn herald(redis: &str, pg: &str, id: &str) -> (Child, SocketAddr) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("herald binary");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut child);
     (child, addr)
 }
 

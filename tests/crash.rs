@@ -2,7 +2,6 @@
 //! got a 2xx answer is stored and reaches a client resuming with `since`, on SQLite and on
 //! PostgreSQL.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -22,15 +21,7 @@ fn herald(env: &[(&str, &str)]) -> (Child, SocketAddr) {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("herald binary");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut child);
     (child, addr)
 }
 

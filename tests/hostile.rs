@@ -62,16 +62,7 @@ impl Herald {
                 l.push('\n');
             }
         });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = common::listening_addr(&mut child);
         let key = env
             .iter()
             .find(|(k, _)| *k == "HERALD_API_KEYS")

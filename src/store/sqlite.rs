@@ -117,9 +117,9 @@ pub(super) fn start(
                     std::thread::sleep(delay);
                     drain(&mut writes, &mut batch, max_batch);
                 }
-                let (done, result) = match file.check() {
-                    // Committing to a file no longer in place would lose the batch
-                    // silently: refuse it instead.
+                // Checked after each commit (one `stat` per batch); once the file is
+                // found gone, nothing more is committed to it.
+                let (done, result) = match file.lost() {
                     Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
                     Ok(()) => {
                         let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
@@ -182,6 +182,14 @@ impl FileIdentity {
             ino: m.ino(),
             lost: false,
         })
+    }
+
+    /// The error for a batch once the file is known lost (no `stat`).
+    fn lost(&self) -> Result<(), StoreError> {
+        if self.lost {
+            return Err(StoreError::Lost(self.path.clone()));
+        }
+        Ok(())
     }
 
     fn check(&mut self) -> Result<(), StoreError> {

@@ -248,3 +248,18 @@ pub async fn try_http(addr: SocketAddr, request: &[u8]) -> Option<(u16, String)>
 pub fn get(path_query: &str) -> Vec<u8> {
     format!("GET {path_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
 }
+
+/// The address a `herald` child process prints on its first line (`listening on ADDR`);
+/// its stdout must be piped.
+pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .parse()
+        .unwrap()
+}
