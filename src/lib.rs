@@ -12,6 +12,8 @@
 //! - [`push`]: validates and stamps pushes;
 //! - [`auth`]: who a connecting client is (JWT, or development mode);
 //! - [`api`]: the HTTP API for backends;
+//! - [`webhooks`]: sends the store's outbox of receipts (delivered, read, undelivered,
+//!   online, offline) to the backend, signed;
 //! - [`app`]: configuration, start-up and shutdown of the `herald` binary;
 //! - [`vocab`]: the words all of them share (message, target, stored message, user id,
 //!   time); it imports none of them.
@@ -27,6 +29,7 @@ pub mod push;
 pub mod store;
 pub mod transport;
 pub mod vocab;
+pub mod webhooks;
 
 #[doc(hidden)]
 pub mod fuzzing;

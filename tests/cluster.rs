@@ -91,10 +91,11 @@ fn req(json: &str) -> PushRequest {
 }
 
 /// The next event packet, skipping pings.
+/// The next event, past herald's `inbox` state at connect.
 async fn event(ws: &mut Ws) -> String {
     loop {
         let t = ws.text().await;
-        if t.starts_with("42") {
+        if t.starts_with("42") && !t.starts_with(r#"42["inbox","#) {
             return t;
         }
     }
@@ -416,4 +417,25 @@ async fn nodes_work_through_a_redis_cluster() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(n1.cluster.is_up() && n2.cluster.is_up());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_position_is_shared_by_the_nodes() {
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let url = pg.database("herald_cluster_devices");
+    let n1 = node("p1", &redis.url(), &url).await;
+    let n2 = node("p2", &redis.url(), &url).await;
+    // First seen on node 1, at seq 0; gone before anything is pushed.
+    let ws = Ws::device(n1.addr, r#"{"userId":"gil","deviceId":"tab"}"#).await;
+    assert_eq!(ws.inbox.as_ref().unwrap()["lastSeq"], 0);
+    drop(ws);
+    for i in 1..=2 {
+        let body = format!(r#"{{"to":{{"users":["gil"]}},"event":"n","data":{i}}}"#);
+        n1.push.push(req(&body)).await.unwrap();
+    }
+    // Back on node 2: it finds the position node 1 stored.
+    let mut ws = Ws::device(n2.addr, r#"{"userId":"gil","deviceId":"tab"}"#).await;
+    assert_eq!(seq_of(&event(&mut ws).await), Some(1));
+    assert_eq!(seq_of(&event(&mut ws).await), Some(2));
 }

@@ -79,9 +79,12 @@ async fn killed_mid_stream_loses_no_acknowledged_push(env: &[(&str, &str)]) {
     let mut seqs = Vec::new();
     while seqs.last() != Some(&last) {
         let t = ws.text().await;
+        // Stored messages (`42<seq>[…]`); herald's `inbox` state comes first, unnumbered.
         if let Some(rest) = t.strip_prefix("42") {
             let d: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            seqs.push(d.parse::<u64>().unwrap());
+            if !d.is_empty() {
+                seqs.push(d.parse::<u64>().unwrap());
+            }
         }
     }
     child.kill().unwrap();

@@ -54,6 +54,8 @@ async fn device_v3(addr: SocketAddr, user: &str) -> Ws {
     let mut ws = Ws::connect(addr, &format!("EIO=3&transport=websocket&userId={user}")).await;
     assert!(ws.text().await.starts_with("0{"));
     assert_eq!(ws.text().await, "40");
+    let inbox = ws.text().await;
+    assert!(inbox.starts_with(r#"42["inbox",{"lastSeq":"#), "{inbox}");
     ws
 }
 

@@ -26,6 +26,10 @@ use crate::store::{Store, StoreError};
 use crate::transport::Engine;
 use crate::transport::Fallback;
 use crate::vocab::UserId;
+use crate::webhooks::WebhookMetrics;
+
+mod metrics;
+use metrics::metrics;
 
 /// API settings (`[api]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -70,6 +74,8 @@ pub struct ApiState {
     pub keys: Arc<Vec<String>>,
     /// No key needed (development mode on loopback with no keys configured).
     pub open: bool,
+    /// The webhook sender's counters, when webhooks are on.
+    pub webhooks: Option<Arc<WebhookMetrics>>,
 }
 
 /// Every way an API call fails, converted to the wire in one place.
@@ -292,6 +298,25 @@ async fn message(
     }
 }
 
+/// The webhook outbox: how many events wait, how many are failing, the oldest.
+async fn webhooks(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let Some(m) = &state.webhooks else {
+        return Ok(Json(serde_json::json!({"enabled": false})));
+    };
+    let outbox = state.store.outbox().await?;
+    Ok(Json(serde_json::json!({
+        "enabled": true,
+        "outbox": outbox,
+        "sent": m.sent.load(std::sync::atomic::Ordering::Relaxed),
+        "failed": m.failed.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped": m.dropped.load(std::sync::atomic::Ordering::Relaxed),
+    })))
+}
+
 async fn presence(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -326,126 +351,6 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Counters in the Prometheus text format.
-async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let t = state.engine.metrics();
-    let h = &state.hub.metrics;
-    let mut out = String::new();
-    let mut line = |name: &str, help: &str, kind: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP herald_{name} {help}\n# TYPE herald_{name} {kind}\nherald_{name} {v}\n"
-        ));
-    };
-    line(
-        "sessions",
-        "Open Engine.IO sessions.",
-        "gauge",
-        state.engine.sessions() as u64,
-    );
-    line(
-        "users",
-        "Users with a connection on this node.",
-        "gauge",
-        state.hub.users() as u64,
-    );
-    line(
-        "sessions_opened_total",
-        "Sessions opened.",
-        "counter",
-        t.sessions_opened.get(),
-    );
-    line(
-        "sessions_closed_total",
-        "Sessions closed.",
-        "counter",
-        t.sessions_closed.get(),
-    );
-    line(
-        "connections_refused_total",
-        "Connections refused at max_connections.",
-        "counter",
-        t.connections_refused.get(),
-    );
-    line(
-        "connections_refused_per_ip_total",
-        "Connections refused at max_connections_per_ip.",
-        "counter",
-        t.connections_refused_per_ip.get(),
-    );
-    line(
-        "handshakes_refused_total",
-        "Handshakes refused at max_handshakes_per_ip_per_sec.",
-        "counter",
-        t.handshakes_refused.get(),
-    );
-    line(
-        "request_timeouts_total",
-        "Requests whose head or body, or responses, did not arrive in time.",
-        "counter",
-        t.request_timeouts.get(),
-    );
-    line(
-        "protocol_errors_total",
-        "Connections ended for a protocol violation.",
-        "counter",
-        t.protocol_errors.get(),
-    );
-    line(
-        "queue_overflow_drops_total",
-        "Messages dropped at a full client queue.",
-        "counter",
-        t.queue_overflow_drops.get(),
-    );
-    line(
-        "queue_overflow_disconnects_total",
-        "Clients disconnected at a full queue.",
-        "counter",
-        t.queue_overflow_disconnects.get(),
-    );
-    line(
-        "deliveries_total",
-        "Packets queued to sockets by pushes.",
-        "counter",
-        h.deliveries.get(),
-    );
-    line(
-        "delivery_failures_total",
-        "Pushes not queued to a socket.",
-        "counter",
-        h.delivery_failures.get(),
-    );
-    if let Some(c) = &state.cluster {
-        let m = c.metrics();
-        line("cluster_up", "Redis reachable.", "gauge", c.is_up() as u64);
-        line(
-            "cluster_published_total",
-            "Messages published to Redis.",
-            "counter",
-            m.published.get(),
-        );
-        line(
-            "cluster_received_total",
-            "Messages received from Redis.",
-            "counter",
-            m.received.get(),
-        );
-        line(
-            "cluster_publish_failures_total",
-            "Publishes lost while Redis was away.",
-            "counter",
-            m.publish_failures.get(),
-        );
-        line(
-            "cluster_connects_total",
-            "Connections to Redis made.",
-            "counter",
-            m.connects.get(),
-        );
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -471,6 +376,7 @@ pub fn routes(state: ApiState) -> axum::Router {
         .route("/api/v1/users/{id}/unread", get(unread))
         .route("/api/v1/users/{id}/read", post(read))
         .route("/api/v1/messages/{id}", get(message))
+        .route("/api/v1/webhooks", get(webhooks))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -17,6 +17,7 @@ use crate::protocol::SocketIoConfig;
 use crate::push::PushConfig;
 use crate::store::StoreConfig;
 use crate::transport::{EngineConfig, OverflowPolicy};
+use crate::webhooks::WebhookConfig;
 
 /// herald: a real-time push server speaking Socket.IO.
 #[derive(Debug, Parser)]
@@ -196,6 +197,7 @@ pub struct Config {
     pub hub: HubConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub webhooks: WebhookConfig,
     pub demo: DemoSection,
 }
 
@@ -212,6 +214,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            webhooks: WebhookConfig::default(),
             demo: DemoSection::default(),
         }
     }
@@ -325,6 +328,7 @@ impl Config {
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");
         }
+        self.webhooks.validate()?;
         Ok(())
     }
 
@@ -338,6 +342,9 @@ impl Config {
         }
         for k in &mut c.api.keys {
             *k = "<hidden>".into();
+        }
+        if !c.webhooks.secret.is_empty() {
+            c.webhooks.secret = "<hidden>".into();
         }
         Ok(toml::to_string(&c)?)
     }

@@ -19,8 +19,9 @@ use crate::delivery::Delivery;
 use crate::hub::Hub;
 use crate::protocol::{Handler, SocketIo};
 use crate::push::{self, PushService};
-use crate::store::Store;
+use crate::store::{HookKind, Store};
 use crate::transport::{self, Engine, EngineHandler, Fallback};
+use crate::webhooks::{self, WebhookMetrics};
 
 /// One herald node: its layers, wired together. Built from the configuration, then run
 /// on a listener until a shutdown future completes.
@@ -51,7 +52,9 @@ impl Node {
         }
         let hub = Hub::new(config.hub.clone());
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
-        let store = Store::open(config.store.clone(), committed)
+        let mut store_config = config.store.clone();
+        store_config.hooks = config.webhooks.store_hooks();
+        let store = Store::open(store_config, committed)
             .await
             .context("cannot open the message store")?;
         let (inbound_tx, inbound) = tokio::sync::mpsc::channel(4096);
@@ -64,6 +67,18 @@ impl Node {
         };
         let delivery = Delivery::new(hub.clone(), store.clone(), broker, cluster.is_some());
         tokio::spawn(delivery.clone().run_inbound(inbound));
+        let webhook_metrics = Arc::new(WebhookMetrics::default());
+        if config.webhooks.enabled() {
+            let w = &config.webhooks;
+            let sender = webhooks::Sender::new(store.clone(), w.clone(), webhook_metrics.clone())?;
+            tokio::spawn(sender.run());
+            if w.wants(HookKind::Undelivered) {
+                let after = std::time::Duration::from_secs(w.undelivered_after_secs);
+                tokio::spawn(webhooks::scan_undelivered(store.clone(), after));
+            }
+            delivery.report_presence(w.wants(HookKind::Online), w.wants(HookKind::Offline));
+            tracing::info!(url = %w.url, events = ?w.events, "webhooks on");
+        }
         tokio::spawn(push::dispatch(to_dispatch, delivery.clone()));
         tokio::spawn(
             store
@@ -94,6 +109,7 @@ impl Node {
             cluster: cluster.clone(),
             keys: Arc::new(config.api.keys.clone()),
             open: config.dev_auth,
+            webhooks: config.webhooks.enabled().then_some(webhook_metrics),
         };
         let mut routes = api::routes(state.clone());
         if config.demo.enabled {

@@ -20,15 +20,15 @@ pub mod devices;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 
 use crate::broker::{Broker, Inbound};
 use crate::hub::{Hub, JoinError, ReplayEnd};
 use crate::protocol::Socket;
-use crate::store::{Store, StoreError};
-use crate::vocab::Message;
+use crate::store::{HookKind, Store, StoreError};
+use crate::vocab::{now_ms, Message};
 
 /// Delivery for one node. Cheap to share (`Arc`).
 pub struct Delivery {
@@ -39,7 +39,21 @@ pub struct Delivery {
     /// (a broker that can drop out): then a live connection's position is read at
     /// connect, so that a resync knows where it stands.
     may_miss: bool,
+    /// Where a user's first connection here and their last one going are reported, for
+    /// `user.online` / `user.offline` webhooks (unset when neither is wanted).
+    presence: OnceLock<PresenceReports>,
 }
+
+/// Presence changes on their way to the outbox, in the order they happened here.
+struct PresenceReports {
+    online: bool,
+    offline: bool,
+    /// To the task that checks the other nodes and stores the event.
+    changes: mpsc::Sender<(String, HookKind, u64)>,
+}
+
+/// Presence changes waiting to be checked and stored; more are dropped (and logged).
+const PRESENCE_QUEUE: usize = 16_384;
 
 /// Where a connecting client asked to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +62,8 @@ pub enum Resume {
     Live,
     /// Every stored message after this seq, then live ones.
     Since(u64),
-    /// After the last seq this device acknowledged (live only for a new device).
+    /// After this device's position: the last seq it acknowledged, or for a device seen
+    /// for the first time the user's last seq at that connect (stored then).
     Device,
 }
 
@@ -66,7 +81,60 @@ impl Delivery {
             store,
             broker,
             may_miss,
+            presence: OnceLock::new(),
         })
+    }
+
+    /// Reports users coming online (their first connection in the cluster) and going
+    /// offline (their last one gone) to the webhook outbox. A change here counts when no
+    /// other node holds the user; two nodes gaining a user's first connections in the
+    /// same instant can both report it (receivers order and dedupe by `ts` and user).
+    pub fn report_presence(&self, online: bool, offline: bool) {
+        if !online && !offline {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel::<(String, HookKind, u64)>(PRESENCE_QUEUE);
+        let reports = PresenceReports {
+            online,
+            offline,
+            changes: tx,
+        };
+        if self.presence.set(reports).is_err() {
+            return;
+        }
+        let (broker, store) = (self.broker.clone(), self.store.clone());
+        tokio::spawn(async move {
+            while let Some((user, kind, at)) = rx.recv().await {
+                if broker.remote_presence(&user).await > 0 {
+                    continue;
+                }
+                let data = serde_json::json!({"user": user, "at": at});
+                if let Err(e) = store.add_event(kind, data).await {
+                    tracing::warn!(user, kind = kind.as_str(), error = %e, "presence event not stored");
+                }
+            }
+        });
+    }
+
+    fn presence_changed(&self, user: &str, here: usize) {
+        let Some(p) = self.presence.get() else {
+            return;
+        };
+        let kind = match here {
+            0 if p.offline => HookKind::Offline,
+            1 if p.online => HookKind::Online,
+            _ => return,
+        };
+        if p.changes
+            .try_send((user.to_owned(), kind, now_ms()))
+            .is_err()
+        {
+            tracing::warn!(
+                user,
+                kind = kind.as_str(),
+                "presence event dropped: too many waiting"
+            );
+        }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -121,6 +189,7 @@ impl Delivery {
     pub fn join(&self, user: &str, socket: &Socket, resume: Resume) -> Result<usize, JoinError> {
         let here = self.hub.join(user, socket, resume != Resume::Live)?;
         self.broker.hold(user, here);
+        self.presence_changed(user, here);
         Ok(here)
     }
 
@@ -128,10 +197,11 @@ impl Delivery {
     pub fn leave(&self, user: &str, socket: &Socket) {
         let here = self.hub.leave(user, socket);
         self.broker.hold(user, here);
+        self.presence_changed(user, here);
     }
 
-    /// Starts a joined connection: replays what it asked for, or notes where a live one
-    /// stands.
+    /// Starts a joined connection: tells it where its inbox stands (`inbox`), then
+    /// replays what it asked for, or notes where a live one stands.
     pub fn start(
         self: &Arc<Self>,
         socket: &Socket,
@@ -141,41 +211,44 @@ impl Delivery {
     ) {
         let (this, socket, user) = (self.clone(), socket.clone(), user.to_owned());
         let device = device.map(str::to_owned);
-        match resume {
-            Resume::Live if self.may_miss => {
-                tokio::spawn(async move {
-                    if let Ok(u) = this.store.unread(&user).await {
-                        this.hub.set_floor(&user, &socket, u.last_seq);
+        tokio::spawn(async move {
+            // A device's position is read (or, for a new device, stored) before the
+            // inbox state, so a new device's position is at or below the lastSeq it is
+            // told: nothing stored after it can be missed.
+            let position = match (resume, &device) {
+                (Resume::Device, Some(device)) => {
+                    match this.store.device_position(&user, device).await {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            tracing::warn!(user, error = %e, "device position unreadable; closing the connection");
+                            return socket.close_transport();
+                        }
                     }
-                });
-            }
-            Resume::Live => {}
-            Resume::Since(after) => {
-                tokio::spawn(this.catch_up(socket, user, after));
-            }
-            Resume::Device => {
-                tokio::spawn(async move {
-                    let device = device.unwrap_or_default();
-                    let after = match this.store.device_acked(&user, &device).await {
-                        Ok(Some(n)) => n,
-                        // A device seen for the first time starts live: it gets what
-                        // arrived since it joined (held meanwhile), and nothing older.
-                        Ok(None) => match this.hub.finish_replay(&user, &socket) {
-                            ReplayEnd::Live | ReplayEnd::Gone => return,
-                            // More arrived than could be held: read them from the store.
-                            ReplayEnd::ReadOn(_) => match this.store.unread(&user).await {
-                                Ok(u) => u
-                                    .last_seq
-                                    .saturating_sub(this.hub.max_replay_buffer() as u64),
-                                Err(_) => return socket.close_transport(),
-                            },
-                        },
-                        Err(_) => return socket.close_transport(),
-                    };
+                }
+                _ => None,
+            };
+            let state = match this.store.unread(&user).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "inbox state unreadable; closing the connection");
+                    return socket.close_transport();
+                }
+            };
+            this.hub
+                .emit_to(&socket, "inbox", &serde_json::json!(state));
+            match resume {
+                Resume::Live => {
+                    if this.may_miss {
+                        this.hub.set_floor(&user, &socket, state.last_seq);
+                    }
+                }
+                Resume::Since(after) => this.catch_up(socket, user, after).await,
+                Resume::Device => {
+                    let after = position.unwrap_or(state.last_seq);
                     this.catch_up(socket, user, after).await;
-                });
+                }
             }
-        }
+        });
     }
 
     /// Sends a connection (already holding live messages) every stored message after

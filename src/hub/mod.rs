@@ -424,6 +424,13 @@ impl Hub {
         })
     }
 
+    /// Sends one of herald's own events (`inbox`) to one connection; not a push, so not
+    /// counted as a delivery.
+    pub fn emit_to(&self, socket: &Socket, event: &str, data: &serde_json::Value) -> bool {
+        let packets = packet::encode_event("/", event, &Args::one(data), None);
+        socket.send(&packets).is_ok()
+    }
+
     fn send<'a>(&self, sockets: impl Iterator<Item = &'a Socket>, packets: &[Outbound]) -> usize {
         let mut ok = 0;
         for s in sockets {

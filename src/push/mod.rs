@@ -53,8 +53,9 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// Event names a push may not use: those socket.io-client 4.x and 2.x reserve for
 /// themselves (a handler for them would never see the push, or would take it for the
-/// client's own event), and herald's own (`read` syncs read state between devices).
-pub const RESERVED: [&str; 17] = [
+/// client's own event), and herald's own (`read` syncs read state between devices,
+/// `inbox` tells a connection where its inbox stands).
+pub const RESERVED: [&str; 18] = [
     // socket.io-client 4.x (and 3.x)
     "connect",
     "connect_error",
@@ -75,6 +76,7 @@ pub const RESERVED: [&str; 17] = [
     "pong",
     // herald
     "read",
+    "inbox",
 ];
 
 /// A push as the API receives it.

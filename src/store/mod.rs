@@ -8,8 +8,12 @@
 //! publishes committed messages, in commit order, to the node's dispatcher.
 
 mod health;
+mod outbox;
 mod postgres;
 mod sqlite;
+
+pub(crate) use outbox::HookOp;
+pub use outbox::{HookKind, Hooks, OutboxEvent, OutboxStats};
 
 use health::{Health, PROBE_FRESH_MS, PROBE_TIMEOUT};
 
@@ -49,6 +53,9 @@ pub struct StoreConfig {
     /// SQLite: `full` fsyncs every commit (survives power loss), `normal` only
     /// checkpoints (survives a crashed process). Default `full`.
     pub sqlite_sync: SqliteSync,
+    /// Which receipts the store writes to the webhook outbox (set from `[webhooks]`).
+    #[serde(skip)]
+    pub hooks: Hooks,
 }
 
 /// How SQLite makes a commit durable (`store.sqlite_sync`).
@@ -76,6 +83,7 @@ impl Default for StoreConfig {
             max_page: 1000,
             max_page_bytes: 4 << 20,
             sqlite_sync: SqliteSync::Full,
+            hooks: Hooks::default(),
         }
     }
 }
@@ -173,7 +181,21 @@ pub struct Recipient {
     pub delivered_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_at: Option<u64>,
+    /// Each device that acked this copy, and when it first did (`device` is null for
+    /// connections that gave no `deviceId`).
+    pub devices: Vec<DeviceReceipt>,
 }
+
+/// A device's ack of one copy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceReceipt {
+    pub device: Option<String>,
+    pub acked_at: u64,
+}
+
+/// The most devices listed per copy in a message's state.
+pub(crate) const MAX_RECEIPTS_PER_COPY: usize = 100;
 
 /// A message and the state of each of its copies.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -209,6 +231,15 @@ pub(crate) enum WriteOp {
         at: u64,
     },
     Sweep(Retention, oneshot::Sender<Result<u64, StoreError>>),
+    /// A device's position: the seq it resumes after. A device seen for the first time
+    /// is given the user's last seq, stored now.
+    Device {
+        user: String,
+        device: String,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// The webhook outbox.
+    Hook(HookOp),
     /// A write that changes nothing, to learn whether the store can write now.
     Probe(oneshot::Sender<Result<u64, StoreError>>),
 }
@@ -239,6 +270,9 @@ pub(crate) enum ReadOp {
     IdempotencyKey {
         key: String,
         reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Outbox {
+        reply: oneshot::Sender<Result<OutboxStats, StoreError>>,
     },
 }
 
@@ -397,6 +431,77 @@ impl Store {
         .await
     }
 
+    /// Where a device resumes: after the last seq it acked, or, for a device seen for
+    /// the first time, after the user's last seq now (stored, so it holds from here on).
+    pub async fn device_position(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        self.write(|reply| WriteOp::Device {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Adds a webhook event (user presence) to the outbox.
+    pub async fn add_event(
+        &self,
+        kind: HookKind,
+        data: serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let at = now_ms();
+        self.write(|reply| {
+            WriteOp::Hook(HookOp::Add {
+                kind,
+                at,
+                data,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Claims up to `limit` due webhook events for `lease_ms`.
+    pub async fn claim_events(
+        &self,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let now = now_ms();
+        self.write(|reply| {
+            WriteOp::Hook(HookOp::Claim {
+                now,
+                lease_ms,
+                limit,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Settles a claimed event: sent (or given up) removes it; a failure schedules the
+    /// next attempt. Fire and forget: a result that is lost only means a resend.
+    pub fn settle_event(&self, id: String, outcome: EventOutcome) {
+        let op = match outcome {
+            EventOutcome::Sent => HookOp::Sent { id },
+            EventOutcome::Dropped => HookOp::Dropped { id },
+            EventOutcome::Retry { next_at, error } => HookOp::Failed { id, next_at, error },
+        };
+        let _ = self.writes.try_send(WriteOp::Hook(op));
+    }
+
+    /// Adds `message.undelivered` for copies stored before `upto` (ms) that no device
+    /// acked and that no earlier scan (on any node) covered.
+    pub async fn scan_undelivered(&self, upto: u64) -> Result<u64, StoreError> {
+        let now = now_ms();
+        self.write(|reply| WriteOp::Hook(HookOp::ScanUndelivered { upto, now, reply }))
+            .await
+    }
+
+    /// How the webhook outbox stands.
+    pub async fn outbox(&self) -> Result<OutboxStats, StoreError> {
+        self.read(|reply| ReadOp::Outbox { reply }).await
+    }
+
     /// Whether a durable push within the idempotency window used `key`.
     pub async fn idempotency_key_used(&self, key: &str) -> Result<bool, StoreError> {
         self.read(|reply| ReadOp::IdempotencyKey {
@@ -437,6 +542,18 @@ impl Store {
     }
 }
 
+/// What became of a claimed webhook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    Sent,
+    /// Older than the configured age: given up.
+    Dropped,
+    Retry {
+        next_at: u64,
+        error: String,
+    },
+}
+
 /// A write's answer, sent once its transaction has committed.
 pub(crate) enum Done {
     Append(
@@ -446,6 +563,10 @@ pub(crate) enum Done {
     ),
     Read(oneshot::Sender<Result<u64, StoreError>>, u64),
     Sweep(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Claim(
+        oneshot::Sender<Result<Vec<OutboxEvent>, StoreError>>,
+        Vec<OutboxEvent>,
+    ),
     Nothing,
 }
 
@@ -470,6 +591,14 @@ pub(crate) fn pending(op: WriteOp) -> Done {
         WriteOp::Read { reply, .. } => Done::Read(reply, 0),
         WriteOp::Delivered { .. } => Done::Nothing,
         WriteOp::Sweep(_, reply) | WriteOp::Probe(reply) => Done::Sweep(reply, 0),
+        WriteOp::Device { reply, .. } => Done::Read(reply, 0),
+        WriteOp::Hook(op) => match op {
+            HookOp::Add { reply, .. } | HookOp::ScanUndelivered { reply, .. } => {
+                Done::Sweep(reply, 0)
+            }
+            HookOp::Claim { reply, .. } => Done::Claim(reply, Vec::new()),
+            HookOp::Sent { .. } | HookOp::Dropped { .. } | HookOp::Failed { .. } => Done::Nothing,
+        },
     }
 }
 
@@ -495,6 +624,9 @@ pub(crate) fn settle(
                     Done::Read(reply, v) | Done::Sweep(reply, v) => {
                         let _ = reply.send(Ok(v));
                     }
+                    Done::Claim(reply, v) => {
+                        let _ = reply.send(Ok(v));
+                    }
                     Done::Nothing => {}
                 }
             }
@@ -507,6 +639,9 @@ pub(crate) fn settle(
                         let _ = reply.send(Err(err.clone()));
                     }
                     Done::Read(reply, _) | Done::Sweep(reply, _) => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Done::Claim(reply, _) => {
                         let _ = reply.send(Err(err.clone()));
                     }
                     Done::Nothing => {}
@@ -529,7 +664,8 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
 }
 
 /// Schema steps, applied in order; the store records how many have run.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE users (
     user_id TEXT PRIMARY KEY,
     last_seq BIGINT NOT NULL DEFAULT 0,
@@ -565,4 +701,30 @@ CREATE TABLE idempotency (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
-"#];
+"#,
+    // Per-device receipts and the webhook outbox.
+    r#"
+CREATE TABLE receipts (
+    user_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    device_id TEXT NOT NULL,
+    acked_at BIGINT NOT NULL,
+    PRIMARY KEY (user_id, seq, device_id)
+);
+CREATE TABLE webhook_outbox (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at BIGINT NOT NULL,
+    claimed_until BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);
+CREATE TABLE webhook_marks (
+    name TEXT PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+"#,
+];

@@ -38,6 +38,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The `inbox` state herald sent right after CONNECT (see [`Ws::device`]).
+    pub inbox: Option<serde_json::Value>,
 }
 
 pub enum Frame {
@@ -57,20 +59,31 @@ impl Ws {
         let mut ws = Ws {
             stream,
             buf: Vec::new(),
+            inbox: None,
         };
         let head = ws.read_until(b"\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         ws
     }
 
-    /// Opens a v4 session and joins `/` with `auth` (a JSON object) as a herald device.
+    /// Opens a v4 session and joins `/` with `auth` (a JSON object) as a herald device;
+    /// returns once herald's `inbox` state has arrived (kept in `inbox`), which comes
+    /// before any event.
     pub async fn device(addr: SocketAddr, auth: &str) -> Ws {
         let mut ws = Ws::connect(addr, "EIO=4&transport=websocket").await;
         assert!(ws.text().await.starts_with("0{"));
         ws.send_text(&format!("40{auth}")).await;
         let ack = ws.text().await;
         assert!(ack.starts_with("40{\"sid\""), "{ack}");
-        ws
+        loop {
+            let t = ws.text().await;
+            if let Some(state) = t.strip_prefix(r#"42["inbox","#) {
+                let state = state.strip_suffix(']').expect("one argument");
+                ws.inbox = Some(serde_json::from_str(state).expect("inbox state is JSON"));
+                return ws;
+            }
+            assert!(!t.starts_with("42"), "an event before `inbox`: {t}");
+        }
     }
 
     /// Opens a v4 session and joins `/`.

@@ -14,11 +14,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
-    appended, pending, settle, Appended, Done, NewMessage, ReadOp, Retention, StoreConfig,
-    StoreError, WriteOp, MIGRATIONS,
+    appended, outbox, pending, settle, Appended, Done, Hooks, NewMessage, ReadOp, Retention,
+    StoreConfig, StoreError, WriteOp, MIGRATIONS,
 };
 use crate::vocab::Message;
 
+mod hooks;
 mod read;
 
 use read::answer;
@@ -111,6 +112,7 @@ pub(super) async fn start(
         client: None,
     };
     let max_batch = cfg.max_batch.max(1);
+    let hooks = cfg.hooks;
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(op) = writes.recv().await {
@@ -122,7 +124,7 @@ pub(super) async fn start(
                 }
             }
             let mut forward = Vec::new();
-            commit(&mut writer, &mut batch, &health, &mut forward).await;
+            commit(&mut writer, &mut batch, &health, hooks, &mut forward).await;
             for m in forward {
                 // Commit order is delivery order.
                 let _ = committed.send(m).await;
@@ -141,6 +143,7 @@ async fn commit(
     conn: &mut Conn,
     batch: &mut Vec<WriteOp>,
     health: &super::Health,
+    hooks: Hooks,
     forward: &mut Vec<Arc<Message>>,
 ) {
     // Appends without an idempotency key, and acks, are written with one statement per
@@ -171,7 +174,7 @@ async fn commit(
         let client = conn.get().await?;
         let tx = client.transaction().await?;
         let applied =
-            futures_util::future::join_all(others.drain(..).map(|op| apply(&tx, op))).await;
+            futures_util::future::join_all(others.drain(..).map(|op| apply(&tx, op, hooks))).await;
         let mut failed = None;
         for a in applied {
             match a {
@@ -186,7 +189,7 @@ async fn commit(
             return Err(StoreError::from(e));
         }
         // Numbered after the ops above, so that the batch's seqs follow theirs.
-        let (seqs, acked) = tokio::join!(append_all(&tx, &messages), ack_all(&tx, &acks));
+        let (seqs, acked) = tokio::join!(append_all(&tx, &messages), ack_all(&tx, &acks, hooks));
         let seqs = seqs?;
         acked?;
         tx.commit().await?;
@@ -308,13 +311,21 @@ async fn append_all(
 
 /// Records a batch of acks: the first ack of a copy marks it delivered; each device's
 /// position moves up to the highest seq it acked.
-async fn ack_all(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), tokio_postgres::Error> {
+async fn ack_all(
+    tx: &Transaction<'_>,
+    acks: &[Ack],
+    hooks: Hooks,
+) -> Result<(), tokio_postgres::Error> {
     if acks.is_empty() {
         return Ok(());
     }
     let users: Vec<&str> = acks.iter().map(|a| a.user.as_str()).collect();
     let seqs: Vec<i64> = acks.iter().map(|a| a.seq).collect();
     let ats: Vec<i64> = acks.iter().map(|a| a.at).collect();
+    let devs: Vec<&str> = acks
+        .iter()
+        .map(|a| a.device.as_deref().unwrap_or(""))
+        .collect();
     // One row per device (an upsert may touch a row once per statement), sorted.
     let mut devices: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for a in acks {
@@ -328,12 +339,21 @@ async fn ack_all(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), tokio_postgre
     let dev_users: Vec<&str> = devices.keys().map(|(u, _)| *u).collect();
     let dev_ids: Vec<&str> = devices.keys().map(|(_, d)| *d).collect();
     let dev_seqs: Vec<i64> = devices.values().copied().collect();
-    let ack_params: [&(dyn ToSql + Sync); 3] = [&users, &seqs, &ats];
-    let (delivered, positions) = tokio::join!(
-        tx.execute(
+    let ack_params: [&(dyn ToSql + Sync); 4] = [&users, &seqs, &ats, &devs];
+    let (delivered, receipts, positions) = tokio::join!(
+        tx.query(
             "UPDATE inbox SET delivered_at = t.at
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(u, s, at)
-             WHERE inbox.user_id = t.u AND inbox.seq = t.s AND inbox.delivered_at IS NULL",
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS t(u, s, at, d)
+             WHERE inbox.user_id = t.u AND inbox.seq = t.s AND inbox.delivered_at IS NULL
+             RETURNING inbox.user_id, inbox.seq, inbox.message_id, t.d, t.at",
+            &ack_params,
+        ),
+        tx.execute(
+            "INSERT INTO receipts (user_id, seq, device_id, acked_at)
+             SELECT t.u, t.s, t.d, t.at
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS t(u, s, at, d)
+             WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.user_id = t.u AND inbox.seq = t.s)
+             ON CONFLICT DO NOTHING",
             &ack_params,
         ),
         async {
@@ -350,14 +370,31 @@ async fn ack_all(tx: &Transaction<'_>, acks: &[Ack]) -> Result<(), tokio_postgre
             .await
         }
     );
-    delivered?;
+    let delivered = delivered?;
+    receipts?;
     positions?;
+    if hooks.delivered {
+        let events: Vec<_> = delivered
+            .iter()
+            .map(|r| {
+                let device: &str = r.get(3);
+                outbox::delivered(
+                    r.get(2),
+                    r.get(0),
+                    r.get::<_, i64>(1) as u64,
+                    (!device.is_empty()).then_some(device),
+                    r.get::<_, i64>(4) as u64,
+                )
+            })
+            .collect();
+        hooks::insert_all(tx, events, "message.delivered").await?;
+    }
     Ok(())
 }
 
 type Applied = Result<Done, (Done, tokio_postgres::Error)>;
 
-async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
+async fn apply(tx: &Transaction<'_>, op: WriteOp, hooks: Hooks) -> Applied {
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg).await {
             Ok(r) => Ok(appended(&msg, reply, r)),
@@ -368,7 +405,7 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
             up_to,
             at,
             reply,
-        } => match mark_read(tx, &user, up_to, at).await {
+        } => match mark_read(tx, &user, up_to, at, hooks).await {
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err((Done::Read(reply, 0), e)),
         },
@@ -384,11 +421,20 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp) -> Applied {
                 device,
                 at: i(at),
             };
-            match ack_all(tx, &[ack]).await {
+            match ack_all(tx, &[ack], hooks).await {
                 Ok(()) => Ok(Done::Nothing),
                 Err(e) => Err((Done::Nothing, e)),
             }
         }
+        WriteOp::Device {
+            user,
+            device,
+            reply,
+        } => match device_position(tx, &user, &device).await {
+            Ok(v) => Ok(Done::Read(reply, v)),
+            Err(e) => Err((Done::Read(reply, 0), e)),
+        },
+        WriteOp::Hook(op) => hooks::apply(tx, op).await,
         WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err((Done::Sweep(reply, 0), e)),
@@ -455,6 +501,7 @@ async fn mark_read(
     user: &str,
     up_to: u64,
     at: u64,
+    hooks: Hooks,
 ) -> Result<u64, tokio_postgres::Error> {
     let row = tx
         .query_opt(
@@ -467,12 +514,39 @@ async fn mark_read(
         return Ok(0);
     };
     let stored: i64 = row.get(0);
-    tx.execute(
-        "UPDATE inbox SET read_at = $3 WHERE user_id = $1 AND seq <= $2 AND read_at IS NULL",
-        &[&user, &stored, &i(at)],
-    )
-    .await?;
+    let passed = tx
+        .query(
+            "UPDATE inbox SET read_at = $3 WHERE user_id = $1 AND seq <= $2 AND read_at IS NULL
+             RETURNING seq, message_id",
+            &[&user, &stored, &i(at)],
+        )
+        .await?;
+    if hooks.read {
+        let events = passed
+            .iter()
+            .map(|r| outbox::read(r.get(1), user, r.get::<_, i64>(0) as u64, at))
+            .collect();
+        hooks::insert_all(tx, events, "message.read").await?;
+    }
     Ok(stored as u64)
+}
+
+/// Where a device resumes; a new device starts at the user's last seq, stored now.
+async fn device_position(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "INSERT INTO devices (user_id, device_id, acked_seq)
+             VALUES ($1, $2, COALESCE((SELECT last_seq FROM users WHERE user_id = $1), 0))
+             ON CONFLICT (user_id, device_id) DO UPDATE SET acked_seq = devices.acked_seq
+             RETURNING acked_seq",
+            &[&user, &device],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 async fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, tokio_postgres::Error> {
@@ -489,6 +563,12 @@ async fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, tokio_postgres
         .await?;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM receipts WHERE NOT EXISTS
+             (SELECT 1 FROM inbox WHERE inbox.user_id = receipts.user_id AND inbox.seq = receipts.seq)",
         &[],
     )
     .await?;

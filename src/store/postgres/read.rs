@@ -1,7 +1,10 @@
 //! The reader connection's answers: inbox pages, unread counts, device positions, a
 //! message's state, idempotency keys.
 
-use super::super::{MessageState, ReadOp, Recipient, StoreError, StoredMessage, Unread};
+use super::super::{
+    DeviceReceipt, MessageState, ReadOp, Recipient, StoreError, StoredMessage, Unread,
+    MAX_RECEIPTS_PER_COPY,
+};
 use super::{i, Conn};
 
 pub(super) async fn answer(conn: &mut Conn, op: ReadOp) {
@@ -38,6 +41,10 @@ pub(super) async fn answer(conn: &mut Conn, op: ReadOp) {
         }
         ReadOp::State { id, reply } => {
             let _ = reply.send(state(conn, &id).await);
+        }
+        ReadOp::Outbox { reply } => {
+            let r = async { Ok(super::hooks::stats(conn.get().await?).await?) }.await;
+            let _ = reply.send(r);
         }
         ReadOp::IdempotencyKey { key, reply } => {
             let r = async {
@@ -142,19 +149,47 @@ async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreE
             &[&id],
         )
         .await?;
+    let mut recipients: Vec<Recipient> = rows
+        .iter()
+        .map(|r| Recipient {
+            user: r.get(0),
+            seq: r.get::<_, i64>(1) as u64,
+            stored_at: r.get::<_, i64>(2) as u64,
+            delivered_at: opt(r.get(3)),
+            read_at: opt(r.get(4)),
+            devices: Vec::new(),
+        })
+        .collect();
+    let receipts = c
+        .query(
+            "SELECT r.user_id, r.seq, r.device_id, r.acked_at
+             FROM inbox i JOIN receipts r ON r.user_id = i.user_id AND r.seq = i.seq
+             WHERE i.message_id = $1 ORDER BY r.acked_at, r.device_id",
+            &[&id],
+        )
+        .await?;
+    let index: std::collections::HashMap<(String, u64), usize> = recipients
+        .iter()
+        .enumerate()
+        .map(|(n, r)| ((r.user.clone(), r.seq), n))
+        .collect();
+    for r in &receipts {
+        let key = (r.get::<_, String>(0), r.get::<_, i64>(1) as u64);
+        let Some(copy) = index.get(&key).map(|&n| &mut recipients[n]) else {
+            continue;
+        };
+        if copy.devices.len() < MAX_RECEIPTS_PER_COPY {
+            let device: String = r.get(2);
+            copy.devices.push(DeviceReceipt {
+                device: (!device.is_empty()).then_some(device),
+                acked_at: r.get::<_, i64>(3) as u64,
+            });
+        }
+    }
     Ok(Some(MessageState {
         id: id.to_owned(),
         event: head.get(0),
         ts: head.get::<_, i64>(1) as u64,
-        recipients: rows
-            .iter()
-            .map(|r| Recipient {
-                user: r.get(0),
-                seq: r.get::<_, i64>(1) as u64,
-                stored_at: r.get::<_, i64>(2) as u64,
-                delivered_at: opt(r.get(3)),
-                read_at: opt(r.get(4)),
-            })
-            .collect(),
+        recipients,
     }))
 }

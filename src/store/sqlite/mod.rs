@@ -15,10 +15,13 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    appended, pending, settle, Appended, Done, MessageState, NewMessage, ReadOp, Recipient,
-    Retention, SqliteSync, StoreConfig, StoreError, StoredMessage, Unread, WriteOp, MIGRATIONS,
+    appended, outbox, pending, settle, Appended, DeviceReceipt, Done, Hooks, MessageState,
+    NewMessage, ReadOp, Recipient, Retention, SqliteSync, StoreConfig, StoreError, StoredMessage,
+    Unread, WriteOp, MAX_RECEIPTS_PER_COPY, MIGRATIONS,
 };
 use crate::vocab::Message;
+
+mod hooks;
 
 fn open(path: &str, uri: bool, sync: SqliteSync) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -92,6 +95,7 @@ pub(super) fn start(
     let mut file = FileIdentity::of(&path)?;
     let reader = open(&path, uri, cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
+    let hooks = cfg.hooks;
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
     let (settled, mut to_settle) = mpsc::unbounded_channel::<Settle>();
@@ -122,7 +126,7 @@ pub(super) fn start(
                 let (done, result) = match file.lost() {
                     Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
                     Ok(()) => {
-                        let (done, result) = commit(&mut writer, &mut batch, &mut seqs);
+                        let (done, result) = commit(&mut writer, &mut batch, &mut seqs, hooks);
                         // Removed or replaced during the commit: it went to a lost file.
                         (done, result.and_then(|()| file.check()))
                     }
@@ -262,7 +266,12 @@ impl Seqs {
     }
 }
 
-fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, seqs: &mut Seqs) -> Settle {
+fn commit(
+    conn: &mut Connection,
+    batch: &mut Vec<WriteOp>,
+    seqs: &mut Seqs,
+    hooks: Hooks,
+) -> Settle {
     let mut ops = std::mem::take(batch).into_iter();
     let mut done = Vec::with_capacity(ops.len());
     let result = match conn.transaction() {
@@ -271,7 +280,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, seqs: &mut Seqs) -> S
             let Some(op) = ops.next() else {
                 break tx.commit();
             };
-            match apply(&tx, op, seqs) {
+            match apply(&tx, op, seqs, hooks) {
                 Ok(d) => done.push(d),
                 Err(failed) => {
                     let (d, e) = *failed;
@@ -293,7 +302,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<WriteOp>, seqs: &mut Seqs) -> S
 /// A failed op keeps its reply, so the caller hears of the failure (boxed: it is large).
 type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 
-fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
+fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, hooks: Hooks) -> Applied {
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg, seqs) {
             Ok(r) => Ok(appended(&msg, reply, r)),
@@ -307,7 +316,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
             up_to,
             at,
             reply,
-        } => match mark_read(tx, &user, up_to, at, seqs) {
+        } => match mark_read(tx, &user, up_to, at, seqs, hooks) {
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
@@ -316,10 +325,19 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs) -> Applied {
             seq,
             device,
             at,
-        } => match delivered(tx, &user, seq, device.as_deref(), at) {
+        } => match delivered(tx, &user, seq, device.as_deref(), at, hooks) {
             Ok(()) => Ok(Done::Nothing),
             Err(e) => Err(Box::new((Done::Nothing, e))),
         },
+        WriteOp::Device {
+            user,
+            device,
+            reply,
+        } => match device_position(tx, &user, &device, seqs) {
+            Ok(v) => Ok(Done::Read(reply, v)),
+            Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
+        },
+        WriteOp::Hook(op) => hooks::apply(tx, op),
         WriteOp::Sweep(r, reply) => match sweep(tx, r) {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
@@ -389,6 +407,7 @@ fn mark_read(
     up_to: u64,
     at: u64,
     seqs: &mut Seqs,
+    hooks: Hooks,
 ) -> Result<u64, rusqlite::Error> {
     let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
     let last = seqs.last(tx, user)?;
@@ -403,11 +422,51 @@ fn mark_read(
              RETURNING read_upto",
         )?
         .query_row(params![user, last, up_to], |r| r.get(0))?;
-    tx.prepare_cached(
-        "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
-    )?
-    .execute(params![user, stored, at as i64])?;
+    if !hooks.read {
+        tx.prepare_cached(
+            "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
+        )?
+        .execute(params![user, stored, at as i64])?;
+        return Ok(stored as u64);
+    }
+    let mut update = tx.prepare_cached(
+        "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL
+         RETURNING seq, message_id",
+    )?;
+    let passed = update
+        .query_map(params![user, stored, at as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (seq, message) in passed {
+        hooks::insert(
+            tx,
+            outbox::read(&message, user, seq as u64, at),
+            "message.read",
+            at,
+        )?;
+    }
     Ok(stored as u64)
+}
+
+/// Where a device resumes; a new device starts at the user's last seq, stored now.
+fn device_position(
+    tx: &Transaction<'_>,
+    user: &str,
+    device: &str,
+    seqs: &mut Seqs,
+) -> Result<u64, rusqlite::Error> {
+    let known: Option<i64> = tx
+        .prepare_cached("SELECT acked_seq FROM devices WHERE user_id = ?1 AND device_id = ?2")?
+        .query_row([user, device], |r| r.get(0))
+        .optional()?;
+    if let Some(seq) = known {
+        return Ok(seq as u64);
+    }
+    let last = seqs.last(tx, user)?;
+    tx.prepare_cached("INSERT INTO devices (user_id, device_id, acked_seq) VALUES (?1, ?2, ?3)")?
+        .execute(params![user, device, last])?;
+    Ok(last as u64)
 }
 
 fn delivered(
@@ -416,12 +475,26 @@ fn delivered(
     seq: u64,
     device: Option<&str>,
     at: u64,
+    hooks: Hooks,
 ) -> Result<(), rusqlite::Error> {
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let first: Option<String> = tx
+        .prepare_cached(
+            "UPDATE inbox SET delivered_at = ?3
+             WHERE user_id = ?1 AND seq = ?2 AND delivered_at IS NULL RETURNING message_id",
+        )?
+        .query_row(params![user, seq, at as i64], |r| r.get(0))
+        .optional()?;
+    if let (Some(message), true) = (first, hooks.delivered) {
+        let event = outbox::delivered(&message, user, seq as u64, device, at);
+        hooks::insert(tx, event, "message.delivered", at)?;
+    }
     tx.prepare_cached(
-        "UPDATE inbox SET delivered_at = ?3 WHERE user_id = ?1 AND seq = ?2 AND delivered_at IS NULL",
+        "INSERT INTO receipts (user_id, seq, device_id, acked_at) SELECT ?1, ?2, ?3, ?4
+         WHERE EXISTS (SELECT 1 FROM inbox WHERE user_id = ?1 AND seq = ?2)
+         ON CONFLICT DO NOTHING",
     )?
-    .execute(params![user, seq, at as i64])?;
+    .execute(params![user, seq, device.unwrap_or(""), at as i64])?;
     if let Some(device) = device {
         tx.prepare_cached(
             "INSERT INTO devices (user_id, device_id, acked_seq) VALUES (?1, ?2, ?3)
@@ -450,6 +523,11 @@ fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, rusqlite::Error> {
     )? as u64;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
+        [],
+    )?;
+    tx.execute(
+        "DELETE FROM receipts WHERE NOT EXISTS
+             (SELECT 1 FROM inbox WHERE inbox.user_id = receipts.user_id AND inbox.seq = receipts.seq)",
         [],
     )?;
     let idem_cutoff = r.now_ms.saturating_sub(r.idempotency_window_ms) as i64;
@@ -501,6 +579,9 @@ fn answer(conn: &Connection, op: ReadOp) {
                 .and_then(|mut s| s.exists([&key]))
                 .map_err(Into::into);
             let _ = reply.send(r);
+        }
+        ReadOp::Outbox { reply } => {
+            let _ = reply.send(hooks::stats(conn).map_err(Into::into));
         }
     }
 }
@@ -584,7 +665,7 @@ fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::
         "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
          WHERE message_id = ?1 ORDER BY user_id LIMIT 10000",
     )?;
-    let recipients = stmt
+    let mut recipients = stmt
         .query_map([id], |r| {
             Ok(Recipient {
                 user: r.get(0)?,
@@ -592,9 +673,28 @@ fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::
                 stored_at: r.get::<_, i64>(2)? as u64,
                 delivered_at: opt_u64(r.get(3)?),
                 read_at: opt_u64(r.get(4)?),
+                devices: Vec::new(),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let mut receipts = conn.prepare_cached(
+        "SELECT device_id, acked_at FROM receipts WHERE user_id = ?1 AND seq = ?2
+         ORDER BY acked_at, device_id LIMIT ?3",
+    )?;
+    for r in &mut recipients {
+        r.devices = receipts
+            .query_map(
+                params![r.user, r.seq as i64, MAX_RECEIPTS_PER_COPY as i64],
+                |row| {
+                    let device: String = row.get(0)?;
+                    Ok(DeviceReceipt {
+                        device: (!device.is_empty()).then_some(device),
+                        acked_at: row.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+    }
     Ok(Some(MessageState {
         id: id.to_owned(),
         event,

@@ -1,0 +1,269 @@
+//! The smallest HTTP/1.1 client a webhook needs: one POST per connection, `http` or
+//! `https` (rustls, the built-in web roots plus `webhooks.ca_file`), and only the status
+//! line of the answer read. The whole exchange is bounded by one timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+use super::ConfigError;
+
+/// Most bytes of a receiver's answer read to find its status.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Where events go.
+#[derive(Clone)]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+    /// Path and query, from `/`.
+    path: String,
+    /// Set for `https`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field("https", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why a POST did not get a 2xx.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("no answer within {0} ms")]
+    Timeout(u128),
+    #[error("the receiver answered {0}")]
+    Status(u16),
+    #[error("the receiver's answer is not HTTP")]
+    Malformed,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, ConfigError> {
+        let bad = || ConfigError::Url(url.to_owned());
+        let (https, rest) = match url.split_once("://") {
+            Some((s, rest)) if s.eq_ignore_ascii_case("http") => (false, rest),
+            Some((s, rest)) if s.eq_ignore_ascii_case("https") => (true, rest),
+            _ => return Err(bad()),
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains(['\r', '\n', ' ', '#'])
+        {
+            return Err(bad());
+        }
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, p.parse().map_err(|_| bad())?),
+                None if after.is_empty() => (h, default_port),
+                None => return Err(bad()),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        let tls = https.then(|| Arc::new(tls_config(&[])));
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+            path,
+            tls,
+        })
+    }
+
+    /// Also trusts the CA certificates in `file` (PEM), for an `https` receiver.
+    pub fn with_ca_file(mut self, file: &str) -> Result<Endpoint, ConfigError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::CertificateDer;
+        if file.is_empty() || self.tls.is_none() {
+            return Ok(self);
+        }
+        let certs = CertificateDer::pem_file_iter(file)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConfigError::Ca(format!("{file}: {e}")))?;
+        if certs.is_empty() {
+            return Err(ConfigError::Ca(format!("{file}: no certificate in it")));
+        }
+        self.tls = Some(Arc::new(tls_config(&certs)));
+        Ok(self)
+    }
+
+    /// POSTs `body` as JSON with `headers`; `Ok` once the receiver answers 2xx.
+    pub async fn post(
+        &self,
+        body: &[u8],
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.path,
+            self.host_header(),
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        );
+        for (name, value) in headers {
+            req.push_str(name);
+            req.push_str(": ");
+            req.push_str(value);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        let exchange = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(PostError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => exchange(tcp, &bytes).await,
+                Some(cfg) => {
+                    let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(
+                        |e| {
+                            PostError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                        },
+                    )?;
+                    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(PostError::Tls)?;
+                    exchange(tls, &bytes).await
+                }
+            }
+        };
+        let status = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PostError::Timeout(timeout.as_millis()))??;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(PostError::Status(status))
+        }
+    }
+
+    fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.tls.is_some() { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in extra {
+        // A certificate the store refuses is left out; the handshake then says so.
+        let _ = roots.add(c.clone());
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            // The ring provider supports the default versions; this is not reached.
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+}
+
+/// Writes the request and reads the answer's status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+) -> Result<u16, PostError> {
+    s.write_all(request).await.map_err(PostError::Io)?;
+    s.flush().await.map_err(PostError::Io)?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).await.map_err(PostError::Io)?;
+        if n == 0 {
+            return Err(PostError::Malformed);
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut headers);
+        match res.parse(&head) {
+            Ok(_) if res.code.is_some() => return res.code.ok_or(PostError::Malformed),
+            Ok(_) if head.len() < MAX_HEAD => continue,
+            // Too many headers: the status line is all that matters, and it parsed.
+            Err(httparse::Error::TooManyHeaders) => {
+                return res.code.ok_or(PostError::Malformed);
+            }
+            _ => return Err(PostError::Malformed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_receiver_urls() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/hooks/herald?x=1").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("127.0.0.1", 8080, "/hooks/herald?x=1")
+        );
+        assert_eq!(e.host_header(), "127.0.0.1:8080");
+        let e = Endpoint::parse("https://example.com").unwrap();
+        assert_eq!((e.port, e.path.as_str()), (443, "/"));
+        assert!(e.tls.is_some());
+        assert_eq!(e.host_header(), "example.com");
+        let e = Endpoint::parse("HTTP://[::1]:9/x").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 9));
+        assert_eq!(e.host_header(), "[::1]:9");
+        for bad in [
+            "",
+            "example.com/x",
+            "ftp://example.com/",
+            "http://",
+            "http://user:pw@example.com/",
+            "http://example.com:x/",
+            "http://example.com:0/",
+            "http://example.com/a b",
+            "http://[::1/",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
