@@ -3,8 +3,11 @@
 # and CPU per push (S4, closed loop) and publish → device latency at fixed rates (S5),
 # 10,000 connected users whose clients ack every stored message.
 #
-# Usage: bench/durable.sh [sqlite|postgres|both] [rates]   (default: both 1000,10000)
+# Usage: bench/durable.sh [sqlite|postgres|both|webhooks] [rates]   (default: both 1000,10000)
 # PostgreSQL runs in a temporary cluster of its own (initdb), with fsync on.
+# `webhooks`: SQLite with webhooks off, then on (the three message events, to a local receiver
+# that answers 204; each acked push then also writes a receipt, an outbox event, and
+# posts it), side by side.
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
 export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
@@ -21,6 +24,7 @@ work=$(mktemp -d)
 source bench/services.sh
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null || true
+  [ -n "${sink:-}" ] && kill "$sink" 2>/dev/null || true
   stop_pg
   rm -rf "$work"
 }
@@ -42,6 +46,17 @@ measure() {
 
 if [ "$which" = sqlite ] || [ "$which" = both ]; then
   measure herald-sqlite
+fi
+if [ "$which" = webhooks ]; then
+  sink_port=$(free_port)
+  taskset -c 1 "$bench" sink --listen "127.0.0.1:$sink_port" >"$work/sink.log" &
+  sink=$!
+  wait_port "$sink_port"
+  measure herald-sqlite
+  measure herald-sqlite-webhooks HERALD_WEBHOOKS_URL="http://127.0.0.1:$sink_port/hook" \
+    HERALD_WEBHOOKS_EVENTS=message.delivered,message.read,message.undelivered \
+    HERALD_WEBHOOKS_SECRET=bench
+  tail -1 "$work/sink.log"
 fi
 if [ "$which" = postgres ] || [ "$which" = both ]; then
   start_pg

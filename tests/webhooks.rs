@@ -117,7 +117,7 @@ impl Receiver {
     }
 }
 
-async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Received> {
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Received> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -496,4 +496,160 @@ fn bad_settings_are_refused_at_start_by_name() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(names), "{config}: {stderr}");
     }
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with the openssl CLI.
+fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=herald test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_is_trusted_through_ca_file_only() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = certificates(dir.path());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&leaf)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hooks/herald", listener.local_addr().unwrap());
+    let (tx, mut got) = mpsc::unbounded_channel::<Received>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Some(r) = read_request(&mut tls).await {
+                    let _ = tx.send(r);
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let events = "events = [\"user.online\"]";
+    // Not trusted without the CA: the event waits, and the log says why.
+    let untrusting = tempfile::tempdir().unwrap();
+    let h = herald(&hooks(&url, events), untrusting.path());
+    let _ws = Ws::device(h.addr, r#"{"userId":"ida"}"#).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.log.lock().unwrap().contains("TLS") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            h.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got.try_recv().is_err());
+    drop(h);
+    // Trusted through ca_file: delivered, signed.
+    let trusting = tempfile::tempdir().unwrap();
+    let config = hooks(&url, &format!("{events}\nca_file = \"{}\"", ca.display()));
+    let h = herald(&config, trusting.path());
+    let _ws = Ws::device(h.addr, r#"{"userId":"jo"}"#).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), got.recv())
+        .await
+        .expect("no event over https")
+        .unwrap();
+    verify(&r);
+    assert_eq!(r.event["type"], "user.online");
+    assert_eq!(r.event["data"]["user"], "jo");
 }

@@ -216,6 +216,13 @@ enum Scenario {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A webhook receiver that takes every POST (204) and counts them, for measuring
+    /// herald with webhooks on. Prints the count every 10 s.
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9099")]
+        listen: String,
+    },
     /// S6: connect + handshake + leave cycles.
     Churn {
         #[command(flatten)]
@@ -349,6 +356,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             label,
             out,
         } => scenarios::floor(connections, rounds, bytes, &Report { label, out }),
+        Scenario::Sink { listen } => sink(&listen).await,
         Scenario::Churn {
             conn,
             measure,
@@ -372,5 +380,61 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             )
             .await
         }
+    }
+}
+
+/// Answers every request 204 (keep-alive is not needed: herald posts one event per
+/// connection) and counts them.
+async fn sink(listen: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("sink listening on {}", listener.local_addr()?);
+    let taken = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let t = taken.clone();
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            println!("sink: {} events", t.get());
+        }
+    });
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        let taken = taken.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut have = 0;
+            // Head, then as much body as Content-Length says.
+            loop {
+                let Ok(n) = s.read(&mut buf[have..]).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                have += n;
+                let text = String::from_utf8_lossy(&buf[..have]);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if have >= end + 4 + len {
+                        break;
+                    }
+                }
+                if have == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            taken.set(taken.get() + 1);
+            let _ = s
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+        });
     }
 }
