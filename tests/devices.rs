@@ -149,7 +149,7 @@ async fn nothing_more(s: &Running, ws: &mut Ws, user: &str) {
 async fn a_new_device_gets_what_arrived_while_it_was_away(f: Fixture) {
     let s = run(&f.url).await;
     // As the issue tells it: a new device connects, acks nothing, goes away.
-    let mut ws = Ws::device(s.addr, r#"{"userId":"al","deviceId":"tablet"}"#).await;
+    let ws = Ws::device(s.addr, r#"{"userId":"al","deviceId":"tablet"}"#).await;
     assert_eq!(inbox(&ws)["lastSeq"], 0);
     drop(ws);
     s.push("al", 1).await;
@@ -210,7 +210,7 @@ async fn since_wins_over_the_device_position(f: Fixture) {
 async fn a_device_position_survives_a_restart(f: Fixture) {
     let s = run(&f.url).await;
     s.push("di", 1).await;
-    let mut ws = Ws::device(s.addr, r#"{"userId":"di","deviceId":"laptop"}"#).await;
+    let ws = Ws::device(s.addr, r#"{"userId":"di","deviceId":"laptop"}"#).await;
     drop(ws);
     s.stop().await;
     let s = run(&f.url).await;
@@ -242,7 +242,7 @@ async fn the_inbox_state_comes_first_then_the_replay(f: Fixture) {
     s.push("ed", 4).await;
     assert_eq!(seqs(&mut ahead, 1).await, vec![4]);
     // A plain live connection is told too.
-    let mut live = Ws::device(s.addr, r#"{"userId":"ed"}"#).await;
+    let live = Ws::device(s.addr, r#"{"userId":"ed"}"#).await;
     assert_eq!(inbox(&live)["lastSeq"], 4);
     // `inbox` is herald's: the push API refuses it as an event name.
     let err = s
