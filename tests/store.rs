@@ -53,6 +53,7 @@ async fn open(
                 .unwrap_or_default(),
             max_page: 1000,
             max_page_bytes: 64 << 10,
+            max_devices_per_user: 3,
             ..StoreConfig::default()
         },
         tx,
@@ -99,6 +100,7 @@ both!(
     idempotency_keys_return_the_first_answer,
     read_state_clamps_and_never_goes_back,
     acks_record_delivery_and_device_position,
+    devices_per_user_are_bounded_and_the_furthest_behind_goes,
     retention_removes_old_and_excess_messages,
     seqs_outlive_retention_and_restarts,
     pages_follow_after_and_limit,
@@ -198,9 +200,48 @@ async fn read_state_clamps_and_never_goes_back(f: Fixture) {
     assert!(page.iter().all(|m| m.read_at.is_some()));
 }
 
+async fn devices_per_user_are_bounded_and_the_furthest_behind_goes(f: Fixture) {
+    // The fixture's store keeps 3 devices per user.
+    for d in ["a", "b", "c"] {
+        f.store.device_position("cap", d).await.unwrap();
+    }
+    f.store.append(msg(1, &["cap"])).await.unwrap();
+    f.store.append(msg(2, &["cap"])).await.unwrap();
+    f.store.mark_delivered("cap", 2, Some("a"));
+    f.store.mark_delivered("cap", 1, Some("c"));
+    f.store.mark_read("cap", 0).await.unwrap();
+    let kept = |f: &Fixture| {
+        let store = f.store.clone();
+        async move {
+            let mut kept = Vec::new();
+            for d in ["a", "b", "c", "d", "e"] {
+                if let Some(at) = store.device_acked("cap", d).await.unwrap() {
+                    kept.push((d, at));
+                }
+            }
+            kept
+        }
+    };
+    assert_eq!(kept(&f).await, vec![("a", 2), ("b", 0), ("c", 1)]);
+    // A fourth device takes the place of b, which acked nothing.
+    assert_eq!(f.store.device_position("cap", "d").await.unwrap(), 2);
+    assert_eq!(kept(&f).await, vec![("a", 2), ("c", 1), ("d", 2)]);
+    // A fifth, of c.
+    assert_eq!(f.store.device_position("cap", "e").await.unwrap(), 2);
+    assert_eq!(kept(&f).await, vec![("a", 2), ("d", 2), ("e", 2)]);
+    // b back is a new device at the last seq; of equals, the first by name goes.
+    assert_eq!(f.store.device_position("cap", "b").await.unwrap(), 2);
+    assert_eq!(kept(&f).await, vec![("b", 2), ("d", 2), ("e", 2)]);
+}
+
 async fn acks_record_delivery_and_device_position(f: Fixture) {
+    // Devices get their positions at connect (before anything is stored, here).
+    assert_eq!(f.store.device_position("ann", "phone").await.unwrap(), 0);
+    assert_eq!(f.store.device_position("ann", "laptop").await.unwrap(), 0);
     let a = f.store.append(msg(1, &["ann", "bob"])).await.unwrap();
     f.store.append(msg(2, &["ann"])).await.unwrap();
+    // A device first seen now starts at the user's last seq.
+    assert_eq!(f.store.device_position("ann", "watch").await.unwrap(), 2);
     f.store.mark_delivered("ann", 1, Some("phone"));
     f.store.mark_delivered("ann", 2, Some("phone"));
     f.store.mark_delivered("ann", 1, Some("laptop"));
@@ -211,7 +252,11 @@ async fn acks_record_delivery_and_device_position(f: Fixture) {
         f.store.device_acked("ann", "laptop").await.unwrap(),
         Some(1)
     );
+    // A device without a position (never connected) gets none from an ack.
+    f.store.mark_delivered("ann", 2, Some("tablet"));
+    f.store.mark_read("ann", 0).await.unwrap();
     assert_eq!(f.store.device_acked("ann", "tablet").await.unwrap(), None);
+    assert_eq!(f.store.device_position("ann", "phone").await.unwrap(), 2);
     let state = f.store.message_state(&a.id).await.unwrap().unwrap();
     assert_eq!(state.recipients.len(), 2);
     let ann = state.recipients.iter().find(|r| r.user == "ann").unwrap();

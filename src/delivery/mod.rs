@@ -215,17 +215,17 @@ impl Delivery {
             // A device's position is read (or, for a new device, stored) before the
             // inbox state, so a new device's position is at or below the lastSeq it is
             // told: nothing stored after it can be missed.
-            let position = match (resume, &device) {
-                (Resume::Device, Some(device)) => {
-                    match this.store.device_position(&user, device).await {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            tracing::warn!(user, error = %e, "device position unreadable; closing the connection");
-                            return socket.close_transport();
-                        }
+            // Every device gets a position at its first connect, also one resuming with
+            // `since`, so that it can come back without.
+            let position = match &device {
+                Some(device) => match this.store.device_position(&user, device).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(user, error = %e, "device position unreadable; closing the connection");
+                        return socket.close_transport();
                     }
-                }
-                _ => None,
+                },
+                None => None,
             };
             let state = match this.store.unread(&user).await {
                 Ok(u) => u,

@@ -177,6 +177,8 @@ async fn acks_count_only_for_what_the_connection_was_sent() {
         Arc::new(MemoryBroker::single()),
         HubConfig::default(),
     );
+    // The device connected once before (its position is made at connect).
+    store.device_position("u", "phone").await.unwrap();
     let ids = stored(&store, "u", 5).await;
     let s = n.socket("u", Resume::Since(3));
     n.delivery.clone().catch_up(s.clone(), "u".into(), 3).await;

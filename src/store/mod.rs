@@ -50,6 +50,10 @@ pub struct StoreConfig {
     /// A page of stored messages ends once their data passes this many bytes (it holds
     /// at least one message). Default 4 MiB.
     pub max_page_bytes: usize,
+    /// Device positions kept per user. A new device past this takes the place of the
+    /// one furthest behind (which, if it comes back, starts again from that moment).
+    /// Default 1000.
+    pub max_devices_per_user: u64,
     /// SQLite: `full` fsyncs every commit (survives power loss), `normal` only
     /// checkpoints (survives a crashed process). Default `full`.
     pub sqlite_sync: SqliteSync,
@@ -82,6 +86,7 @@ impl Default for StoreConfig {
             sweep_interval_secs: 60,
             max_page: 1000,
             max_page_bytes: 4 << 20,
+            max_devices_per_user: 1000,
             sqlite_sync: SqliteSync::Full,
             hooks: Hooks::default(),
         }

@@ -112,7 +112,7 @@ pub(super) async fn start(
         client: None,
     };
     let max_batch = cfg.max_batch.max(1);
-    let hooks = cfg.hooks;
+    let limits = (cfg.hooks, cfg.max_devices_per_user.max(1));
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(op) = writes.recv().await {
@@ -124,7 +124,7 @@ pub(super) async fn start(
                 }
             }
             let mut forward = Vec::new();
-            commit(&mut writer, &mut batch, &health, hooks, &mut forward).await;
+            commit(&mut writer, &mut batch, &health, limits, &mut forward).await;
             for m in forward {
                 // Commit order is delivery order.
                 let _ = committed.send(m).await;
@@ -143,9 +143,10 @@ async fn commit(
     conn: &mut Conn,
     batch: &mut Vec<WriteOp>,
     health: &super::Health,
-    hooks: Hooks,
+    limits: (Hooks, u64),
     forward: &mut Vec<Arc<Message>>,
 ) {
+    let hooks = limits.0;
     // Appends without an idempotency key, and acks, are written with one statement per
     // table for the whole batch; other ops one by one, pipelined.
     let mut appends = Vec::new();
@@ -174,7 +175,7 @@ async fn commit(
         let client = conn.get().await?;
         let tx = client.transaction().await?;
         let applied =
-            futures_util::future::join_all(others.drain(..).map(|op| apply(&tx, op, hooks))).await;
+            futures_util::future::join_all(others.drain(..).map(|op| apply(&tx, op, limits))).await;
         let mut failed = None;
         for a in applied {
             match a {
@@ -360,11 +361,12 @@ async fn ack_all(
             if dev_users.is_empty() {
                 return Ok(0);
             }
+            // Only a device with a position (made at its connect) moves: acks cannot
+            // add devices past `max_devices_per_user`.
             tx.execute(
-                "INSERT INTO devices (user_id, device_id, acked_seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                 ON CONFLICT (user_id, device_id)
-                 DO UPDATE SET acked_seq = GREATEST(devices.acked_seq, excluded.acked_seq)",
+                "UPDATE devices SET acked_seq = GREATEST(devices.acked_seq, t.s)
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(u, d, s)
+                 WHERE devices.user_id = t.u AND devices.device_id = t.d",
                 &[&dev_users, &dev_ids, &dev_seqs],
             )
             .await
@@ -394,7 +396,9 @@ async fn ack_all(
 
 type Applied = Result<Done, (Done, tokio_postgres::Error)>;
 
-async fn apply(tx: &Transaction<'_>, op: WriteOp, hooks: Hooks) -> Applied {
+/// `limits`: which receipts go to the webhook outbox, and the most devices per user.
+async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (Hooks, u64)) -> Applied {
+    let (hooks, max_devices) = limits;
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg).await {
             Ok(r) => Ok(appended(&msg, reply, r)),
@@ -430,7 +434,7 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp, hooks: Hooks) -> Applied {
             user,
             device,
             reply,
-        } => match device_position(tx, &user, &device).await {
+        } => match device_position(tx, &user, &device, max_devices).await {
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err((Done::Read(reply, 0), e)),
         },
@@ -536,7 +540,25 @@ async fn device_position(
     tx: &Transaction<'_>,
     user: &str,
     device: &str,
+    max_devices: u64,
 ) -> Result<u64, tokio_postgres::Error> {
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT acked_seq FROM devices WHERE user_id = $1 AND device_id = $2",
+            &[&user, &device],
+        )
+        .await?
+    {
+        return Ok(row.get::<_, i64>(0) as u64);
+    }
+    // A new device past the limit takes the place of the one furthest behind.
+    tx.execute(
+        "DELETE FROM devices WHERE user_id = $1 AND device_id IN
+             (SELECT device_id FROM devices WHERE user_id = $1
+              ORDER BY acked_seq DESC, device_id DESC OFFSET $2)",
+        &[&user, &i(max_devices - 1)],
+    )
+    .await?;
     let row = tx
         .query_one(
             "INSERT INTO devices (user_id, device_id, acked_seq)

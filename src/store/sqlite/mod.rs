@@ -96,6 +96,7 @@ pub(super) fn start(
     let reader = open(&path, uri, cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
     let hooks = cfg.hooks;
+    let max_devices = cfg.max_devices_per_user.max(1);
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
     let (settled, mut to_settle) = mpsc::unbounded_channel::<Settle>();
@@ -126,7 +127,8 @@ pub(super) fn start(
                 let (done, result) = match file.lost() {
                     Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
                     Ok(()) => {
-                        let (done, result) = commit(&mut writer, &mut batch, &mut seqs, hooks);
+                        let (done, result) =
+                            commit(&mut writer, &mut batch, &mut seqs, (hooks, max_devices));
                         // Removed or replaced during the commit: it went to a lost file.
                         (done, result.and_then(|()| file.check()))
                     }
@@ -270,7 +272,7 @@ fn commit(
     conn: &mut Connection,
     batch: &mut Vec<WriteOp>,
     seqs: &mut Seqs,
-    hooks: Hooks,
+    limits: (Hooks, u64),
 ) -> Settle {
     let mut ops = std::mem::take(batch).into_iter();
     let mut done = Vec::with_capacity(ops.len());
@@ -280,7 +282,7 @@ fn commit(
             let Some(op) = ops.next() else {
                 break tx.commit();
             };
-            match apply(&tx, op, seqs, hooks) {
+            match apply(&tx, op, seqs, limits) {
                 Ok(d) => done.push(d),
                 Err(failed) => {
                     let (d, e) = *failed;
@@ -302,7 +304,9 @@ fn commit(
 /// A failed op keeps its reply, so the caller hears of the failure (boxed: it is large).
 type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 
-fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, hooks: Hooks) -> Applied {
+/// `limits`: which receipts go to the webhook outbox, and the most devices per user.
+fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, limits: (Hooks, u64)) -> Applied {
+    let (hooks, max_devices) = limits;
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg, seqs) {
             Ok(r) => Ok(appended(&msg, reply, r)),
@@ -333,7 +337,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, hooks: Hooks) -> Ap
             user,
             device,
             reply,
-        } => match device_position(tx, &user, &device, seqs) {
+        } => match device_position(tx, &user, &device, seqs, max_devices) {
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
@@ -455,6 +459,7 @@ fn device_position(
     user: &str,
     device: &str,
     seqs: &mut Seqs,
+    max_devices: u64,
 ) -> Result<u64, rusqlite::Error> {
     let known: Option<i64> = tx
         .prepare_cached("SELECT acked_seq FROM devices WHERE user_id = ?1 AND device_id = ?2")?
@@ -464,6 +469,16 @@ fn device_position(
         return Ok(seq as u64);
     }
     let last = seqs.last(tx, user)?;
+    let held: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM devices WHERE user_id = ?1")?
+        .query_row([user], |r| r.get(0))?;
+    if held as u64 >= max_devices {
+        tx.prepare_cached(
+            "DELETE FROM devices WHERE user_id = ?1 AND device_id IN
+                 (SELECT device_id FROM devices WHERE user_id = ?1 ORDER BY acked_seq, device_id LIMIT ?2)",
+        )?
+        .execute(params![user, (held as u64 - max_devices + 1) as i64])?;
+    }
     tx.prepare_cached("INSERT INTO devices (user_id, device_id, acked_seq) VALUES (?1, ?2, ?3)")?
         .execute(params![user, device, last])?;
     Ok(last as u64)
@@ -495,10 +510,11 @@ fn delivered(
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![user, seq, device.unwrap_or(""), at as i64])?;
+    // Only a device with a position (made at its connect) moves: acks cannot add devices
+    // past `max_devices_per_user`.
     if let Some(device) = device {
         tx.prepare_cached(
-            "INSERT INTO devices (user_id, device_id, acked_seq) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id, device_id) DO UPDATE SET acked_seq = MAX(devices.acked_seq, excluded.acked_seq)",
+            "UPDATE devices SET acked_seq = MAX(acked_seq, ?3) WHERE user_id = ?1 AND device_id = ?2",
         )?
         .execute(params![user, device, seq])?;
     }
