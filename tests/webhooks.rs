@@ -41,6 +41,8 @@ struct Receiver {
     addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     got: mpsc::UnboundedReceiver<Received>,
+    /// Connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -53,37 +55,43 @@ impl Receiver {
         let mode = Arc::new(Mutex::new(Mode::Ok));
         let (tx, got) = mpsc::unbounded_channel();
         let m = mode.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
                 let (tx, m) = (tx.clone(), m.clone());
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let Some(r) = read_request(&mut s).await else {
-                        return;
-                    };
-                    let mode = *m.lock().unwrap();
-                    match mode {
-                        Mode::Ok => {
-                            let _ = tx.send(r);
-                            let _ = s
-                                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                                .await;
-                        }
-                        Mode::Fail => {
-                            let _ = s
-                                .write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops")
-                                .await;
-                        }
-                        Mode::Hang => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
+                    // Keep-alive: one connection carries event after event.
+                    while let Some(r) = read_request(&mut s).await {
+                        let mode = *m.lock().unwrap();
+                        let answer: &[u8] = match mode {
+                            Mode::Ok => {
+                                let _ = tx.send(r);
+                                b"HTTP/1.1 204 No Content\r\n\r\n"
+                            }
+                            Mode::Fail => b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\noops",
+                            Mode::Hang => {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                                return;
+                            }
+                        };
+                        if s.write_all(answer).await.is_err() {
+                            return;
                         }
                     }
                 });
             }
         });
-        Receiver { addr, mode, got }
+        Receiver {
+            addr,
+            mode,
+            got,
+            connections,
+        }
     }
 
     fn set(&self, mode: Mode) {
@@ -305,6 +313,9 @@ async fn every_kind_arrives_signed() {
             r.event
         );
     }
+    // Kept-alive connections carried them, not one connection per event.
+    let connections = rx.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(connections < 5, "{connections} connections");
     let state = api(h.addr, "GET", "/api/v1/webhooks", "").await;
     assert_eq!(state["enabled"], true);
     assert_eq!(state["outbox"]["depth"], 0, "{state}");

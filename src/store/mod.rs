@@ -668,7 +668,10 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
     }))
 }
 
-/// Schema steps, applied in order; the store records how many have run.
+/// Schema steps, applied in order; the store records how many have run. Both backends
+/// run the same text; SQLite turns `/*WITHOUT ROWID*/` into the clause (a table kept in
+/// its primary key's B-tree alone: one insert per row instead of two), which PostgreSQL
+/// reads as a comment.
 const MIGRATIONS: [&str; 2] = [
     r#"
 CREATE TABLE users (
@@ -715,7 +718,7 @@ CREATE TABLE receipts (
     device_id TEXT NOT NULL,
     acked_at BIGINT NOT NULL,
     PRIMARY KEY (user_id, seq, device_id)
-);
+) /*WITHOUT ROWID*/;
 CREATE TABLE webhook_outbox (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,

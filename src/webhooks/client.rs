@@ -1,6 +1,7 @@
-//! The smallest HTTP/1.1 client a webhook needs: one POST per connection, `http` or
-//! `https` (rustls, the built-in web roots plus `webhooks.ca_file`), and only the status
-//! line of the answer read. The whole exchange is bounded by one timeout.
+//! The smallest HTTP/1.1 client a webhook needs: POSTs over kept-alive connections,
+//! `http` or `https` (rustls, the built-in web roots plus `webhooks.ca_file`); of the
+//! answer, the status is what counts, and a small body is read so that the connection
+//! can carry the next event. The whole exchange is bounded by one timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,16 @@ use tokio_rustls::rustls;
 
 use super::ConfigError;
 
-/// Most bytes of a receiver's answer read to find its status.
+/// Most bytes of a receiver's answer head read to find its status.
 const MAX_HEAD: usize = 16 * 1024;
+/// Largest answer body read to keep its connection; a larger one closes it.
+const MAX_KEPT_BODY: usize = 64 * 1024;
+/// Idle connections kept for the next events.
+const MAX_IDLE: usize = 32;
+
+/// A connection to the receiver, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Where events go.
 #[derive(Clone)]
@@ -23,6 +32,8 @@ pub struct Endpoint {
     path: String,
     /// Set for `https`.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connections the receiver kept open, for the next events.
+    idle: Arc<parking_lot::Mutex<Vec<Box<dyn Io>>>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -97,6 +108,7 @@ impl Endpoint {
             port,
             path,
             tls,
+            idle: Arc::default(),
         })
     }
 
@@ -125,7 +137,7 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<(), PostError> {
         let mut req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.path,
             self.host_header(),
             env!("CARGO_PKG_VERSION"),
@@ -140,28 +152,20 @@ impl Endpoint {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        let exchange = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port))
-                .await
-                .map_err(PostError::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                None => exchange(tcp, &bytes).await,
-                Some(cfg) => {
-                    let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(
-                        |e| {
-                            PostError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-                        },
-                    )?;
-                    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                        .connect(name, tcp)
-                        .await
-                        .map_err(PostError::Tls)?;
-                    exchange(tls, &bytes).await
+        let attempt = async {
+            // A kept connection the receiver has closed meanwhile fails before an answer:
+            // then once more on a new one (the event is sent at least once either way).
+            let kept = self.idle.lock().pop();
+            if let Some(conn) = kept {
+                match exchange(conn, &bytes).await {
+                    Err(PostError::Io(_) | PostError::Malformed) => {}
+                    done => return self.done(done),
                 }
             }
+            let conn = self.connect().await?;
+            self.done(exchange(conn, &bytes).await)
         };
-        let status = tokio::time::timeout(timeout, exchange)
+        let status = tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| PostError::Timeout(timeout.as_millis()))??;
         if (200..300).contains(&status) {
@@ -169,6 +173,36 @@ impl Endpoint {
         } else {
             Err(PostError::Status(status))
         }
+    }
+
+    /// Keeps a connection the receiver left open; returns the status.
+    fn done(&self, r: Result<(u16, Option<Box<dyn Io>>), PostError>) -> Result<u16, PostError> {
+        let (status, conn) = r?;
+        if let Some(conn) = conn {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        Ok(status)
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, PostError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(PostError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let Some(cfg) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+            PostError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(PostError::Tls)?;
+        Ok(Box::new(tls))
     }
 
     fn host_header(&self) -> String {
@@ -204,33 +238,74 @@ fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::C
         })
 }
 
-/// Writes the request and reads the answer's status.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+/// Writes the request and reads the answer: its status, and the connection back when
+/// the receiver keeps it open and its body was small enough to read.
+async fn exchange(
+    mut s: Box<dyn Io>,
     request: &[u8],
-) -> Result<u16, PostError> {
+) -> Result<(u16, Option<Box<dyn Io>>), PostError> {
     s.write_all(request).await.map_err(PostError::Io)?;
     s.flush().await.map_err(PostError::Io)?;
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).await.map_err(PostError::Io)?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (status, head_len, body_len) = loop {
+        let n = s.read(&mut chunk).await.map_err(PostError::Io)?;
         if n == 0 {
             return Err(PostError::Malformed);
         }
-        head.extend_from_slice(&buf[..n]);
+        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut res = httparse::Response::new(&mut headers);
-        match res.parse(&head) {
-            Ok(_) if res.code.is_some() => return res.code.ok_or(PostError::Malformed),
-            Ok(_) if head.len() < MAX_HEAD => continue,
+        match res.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = res.code.ok_or(PostError::Malformed)?;
+                // Kept only with a known, small body and no `Connection: close`.
+                let mut body_len = None;
+                let mut close = res.version == Some(0);
+                for h in res.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        body_len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close |= h.value.eq_ignore_ascii_case(b"close");
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        close = true;
+                    }
+                }
+                // 204 and 304 have no body whatever they say.
+                if status == 204 || status == 304 {
+                    body_len = Some(0);
+                }
+                let body_len = body_len.filter(|&n| !close && n <= MAX_KEPT_BODY);
+                break (status, head_len, body_len);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             // Too many headers: the status line is all that matters, and it parsed.
             Err(httparse::Error::TooManyHeaders) => {
-                return res.code.ok_or(PostError::Malformed);
+                return res.code.map(|c| (c, None)).ok_or(PostError::Malformed);
             }
             _ => return Err(PostError::Malformed),
         }
+    };
+    let Some(body_len) = body_len else {
+        return Ok((status, None));
+    };
+    let mut have = buf.len() - head_len;
+    if have > body_len {
+        // More than the answer: not a connection to reuse.
+        return Ok((status, None));
     }
+    while have < body_len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Ok((status, None)),
+            Ok(n) => have += n,
+        }
+        if have > body_len {
+            return Ok((status, None));
+        }
+    }
+    Ok((status, Some(s)))
 }
 
 #[cfg(test)]

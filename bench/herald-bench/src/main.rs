@@ -383,8 +383,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
     }
 }
 
-/// Answers every request 204 (keep-alive is not needed: herald posts one event per
-/// connection) and counts them.
+/// Answers every request 204, keeping connections alive, and counts them.
 async fn sink(listen: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -402,9 +401,9 @@ async fn sink(listen: &str) -> anyhow::Result<()> {
         let (mut s, _) = listener.accept().await?;
         let taken = taken.clone();
         tokio::task::spawn_local(async move {
+            // Keep-alive: request after request on one connection.
             let mut buf = vec![0u8; 8192];
             let mut have = 0;
-            // Head, then as much body as Content-Length says.
             loop {
                 let Ok(n) = s.read(&mut buf[have..]).await else {
                     return;
@@ -413,28 +412,36 @@ async fn sink(listen: &str) -> anyhow::Result<()> {
                     return;
                 }
                 have += n;
-                let text = String::from_utf8_lossy(&buf[..have]);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if have >= end + 4 + len {
-                        break;
+                while let Some(used) = request_len(&buf[..have]) {
+                    buf.copy_within(used..have, 0);
+                    have -= used;
+                    taken.set(taken.get() + 1);
+                    if s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
                 }
                 if have == buf.len() {
                     buf.resize(buf.len() * 2, 0);
                 }
             }
-            taken.set(taken.get() + 1);
-            let _ = s
-                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                .await;
         });
     }
+}
+
+/// The length of the first whole request (head and Content-Length body) in `buf`.
+fn request_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    (buf.len() >= end + len).then_some(end + len)
 }

@@ -49,7 +49,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .optional()?
         .unwrap_or(0);
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.execute_batch(step)?;
+        tx.execute_batch(&step.replace("/*WITHOUT ROWID*/", "WITHOUT ROWID"))?;
         tracing::info!(version = i + 1, "store migration applied");
     }
     tx.execute("DELETE FROM herald_schema", [])?;
