@@ -236,6 +236,24 @@ async fn bad_resume_and_read_input_is_refused_or_clamped(s: Running) {
             r#"{"userId":"eve","since":99999999999999999999999}"#,
             "invalid since",
         ),
+        // Only a string names a device; null is no device (below).
+        (
+            r#"{"userId":"eve","deviceId":5}"#,
+            "invalid deviceId: expected a string, got `5`",
+        ),
+        (
+            r#"{"userId":"eve","deviceId":{"a":1}}"#,
+            "invalid deviceId: expected a string",
+        ),
+        (
+            r#"{"userId":"eve","deviceId":""}"#,
+            "invalid deviceId: empty",
+        ),
+        // 128 bytes at most: 32 four-byte characters pass, 33 do not.
+        (
+            &format!(r#"{{"userId":"eve","deviceId":"{}"}}"#, "😀".repeat(33)),
+            "invalid deviceId: longer than 128 bytes",
+        ),
     ] {
         let mut ws = Ws::connect(s.addr, "EIO=4&transport=websocket").await;
         ws.text().await;
@@ -246,6 +264,16 @@ async fn bad_resume_and_read_input_is_refused_or_clamped(s: Running) {
             "{auth}: {answer}"
         );
     }
+    let ok = Ws::device(
+        s.addr,
+        &format!(r#"{{"userId":"eve","deviceId":"{}"}}"#, "😀".repeat(32)),
+    )
+    .await;
+    drop(ok);
+    // JSON null is the same as leaving it out: no device, live only.
+    let ws = Ws::device(s.addr, r#"{"userId":"eve","deviceId":null,"since":null}"#).await;
+    drop(ws);
+    assert_eq!(s.store.device_acked("eve", "null").await.unwrap(), None);
     // A since beyond the last seq replays nothing, then the next push arrives.
     s.push
         .push(req(r#"{"to":{"users":["eve"]},"event":"n","data":1}"#))

@@ -141,6 +141,12 @@ pub(super) async fn metrics(
             m.failed.load(Relaxed),
         );
         line(
+            "webhooks_skipped_total",
+            "Webhook events not stored because the outbox was full (webhooks.max_outbox).",
+            "counter",
+            m.gate.skipped(),
+        );
+        line(
             "webhooks_dropped_total",
             "Webhook events given up after webhooks.max_age_secs.",
             "counter",

@@ -314,6 +314,7 @@ async fn webhooks(
         "sent": m.sent.load(std::sync::atomic::Ordering::Relaxed),
         "failed": m.failed.load(std::sync::atomic::Ordering::Relaxed),
         "dropped": m.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "skipped": m.gate.skipped(),
     })))
 }
 

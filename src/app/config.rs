@@ -319,6 +319,9 @@ impl Config {
         if self.store.max_batch == 0 || self.store.max_page == 0 {
             bail!("store.max_batch and store.max_page must be positive");
         }
+        if self.store.max_devices_per_user == 0 {
+            bail!("store.max_devices_per_user must be positive");
+        }
         if !(1..=100).contains(&self.api.max_data_depth) {
             bail!(
                 "api.max_data_depth must be from 1 to 100, got {}",

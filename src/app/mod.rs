@@ -54,6 +54,10 @@ impl Node {
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
         let mut store_config = config.store.clone();
         store_config.hooks = config.webhooks.store_hooks();
+        let webhook_metrics = Arc::new(WebhookMetrics {
+            gate: store_config.hooks.gate.clone(),
+            ..WebhookMetrics::default()
+        });
         let store = Store::open(store_config, committed)
             .await
             .context("cannot open the message store")?;
@@ -67,7 +71,6 @@ impl Node {
         };
         let delivery = Delivery::new(hub.clone(), store.clone(), broker, cluster.is_some());
         tokio::spawn(delivery.clone().run_inbound(inbound));
-        let webhook_metrics = Arc::new(WebhookMetrics::default());
         if config.webhooks.enabled() {
             let w = &config.webhooks;
             let sender = webhooks::Sender::new(store.clone(), w.clone(), webhook_metrics.clone())?;

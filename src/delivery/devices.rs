@@ -57,33 +57,50 @@ impl Devices {
     }
 }
 
-/// A credential from the `auth` object (v5 clients), else the query (v4 clients).
-fn param(hs: &Handshake<'_>, name: &str) -> Option<String> {
-    hs.auth
-        .and_then(|a| {
-            let v: serde_json::Value = serde_json::from_str(a).ok()?;
-            match v.get(name)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                other => Some(other.to_string()),
-            }
-        })
-        .or_else(|| hs.query_param(name))
+/// A resume parameter from the `auth` object (v5 clients), else the query (v4 clients):
+/// a string, or any other JSON value as its text (`Err`). JSON `null` counts as absent.
+fn param(hs: &Handshake<'_>, name: &str) -> Option<Result<String, String>> {
+    if let Some(auth) = hs.auth {
+        if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(auth) {
+            return match fields.remove(name)? {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(Ok(s)),
+                other => Some(Err(other.to_string())),
+            };
+        }
+    }
+    hs.query_param(name).map(Ok)
 }
 
 fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectError> {
-    let device = param(hs, "deviceId").filter(|d| !d.is_empty());
-    if device.as_ref().is_some_and(|d| d.len() > MAX_DEVICE_ID) {
-        return Err(ConnectError::new(
-            "invalid deviceId: longer than 128 characters",
-        ));
-    }
+    let device = match param(hs, "deviceId") {
+        None => None,
+        Some(Err(other)) => {
+            return Err(ConnectError::new(format!(
+                "invalid deviceId: expected a string, got `{}`",
+                shorten(&other)
+            )))
+        }
+        Some(Ok(d)) if d.is_empty() => {
+            return Err(ConnectError::new(
+                "invalid deviceId: empty (leave it out for no device)",
+            ))
+        }
+        Some(Ok(d)) if d.len() > MAX_DEVICE_ID => {
+            return Err(ConnectError::new(format!(
+                "invalid deviceId: longer than {MAX_DEVICE_ID} bytes (UTF-8)"
+            )))
+        }
+        Some(Ok(d)) => Some(d),
+    };
     let resume = match param(hs, "since") {
-        Some(s) => match s.parse::<u64>() {
+        // A number in `auth` arrives as its JSON text, a string as itself.
+        Some(Ok(s) | Err(s)) => match s.parse::<u64>() {
             Ok(n) => Resume::Since(n),
             Err(_) => {
                 return Err(ConnectError::new(format!(
-                    "invalid since: expected a whole number from 0 up, got `{s}`"
+                    "invalid since: expected a whole number from 0 up, got `{}`",
+                    shorten(&s)
                 )))
             }
         },
@@ -91,6 +108,18 @@ fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectErro
         None => Resume::Live,
     };
     Ok((resume, device))
+}
+
+/// At most 64 bytes of a bad value, for an error message.
+fn shorten(s: &str) -> String {
+    if s.len() <= 64 {
+        return s.to_owned();
+    }
+    let mut end = 64;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 impl Handler for Devices {

@@ -13,7 +13,7 @@ mod postgres;
 mod sqlite;
 
 pub(crate) use outbox::HookOp;
-pub use outbox::{HookKind, Hooks, OutboxEvent, OutboxStats};
+pub use outbox::{HookKind, Hooks, OutboxEvent, OutboxGate, OutboxStats};
 
 use health::{Health, PROBE_FRESH_MS, PROBE_TIMEOUT};
 
@@ -186,8 +186,8 @@ pub struct Recipient {
     pub delivered_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_at: Option<u64>,
-    /// Each device that acked this copy, and when it first did (`device` is null for
-    /// connections that gave no `deviceId`).
+    /// Each device that acked this copy, and when it first did (connections without a
+    /// `deviceId` are no device: their ack only sets `delivered_at`).
     pub devices: Vec<DeviceReceipt>,
 }
 
@@ -195,7 +195,7 @@ pub struct Recipient {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceReceipt {
-    pub device: Option<String>,
+    pub device: String,
     pub acked_at: u64,
 }
 

@@ -2,6 +2,9 @@
 //! they report (an ack, a read), so an event is stored exactly when its cause is, and
 //! sent at least once from here by whichever node claims it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use super::StoreError;
@@ -51,11 +54,42 @@ impl HookKind {
 }
 
 /// Which events the store itself writes to the outbox as part of an ack or a read
-/// (none unless webhooks are configured for them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// (none unless webhooks are configured for them), and whether the outbox takes more.
+#[derive(Debug, Clone, Default)]
 pub struct Hooks {
     pub delivered: bool,
     pub read: bool,
+    /// Closed while the outbox is full; shared with the sender, which watches its depth.
+    pub gate: Arc<OutboxGate>,
+}
+
+/// Whether new events may enter the outbox (`webhooks.max_outbox`), and how many did
+/// not because it was full.
+#[derive(Debug, Default)]
+pub struct OutboxGate {
+    full: AtomicBool,
+    skipped: AtomicU64,
+}
+
+impl OutboxGate {
+    /// Whether `n` new events may be written; if not, they are counted as skipped.
+    pub fn admit(&self, n: u64) -> bool {
+        if self.full.load(Ordering::Relaxed) {
+            self.skipped.fetch_add(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Marks the outbox full or not; returns whether that changed.
+    pub fn set_full(&self, full: bool) -> bool {
+        self.full.swap(full, Ordering::Relaxed) != full
+    }
+
+    /// Events not written since start because the outbox was full.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
 }
 
 /// An event claimed for sending.

@@ -66,41 +66,56 @@ pub enum PostError {
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, ConfigError> {
-        let bad = || ConfigError::Url(url.to_owned());
+        // Said with credentials hidden: the message may end up in logs.
+        let shown = redact(url);
+        let bad = |why: &str| ConfigError::Url(format!("{why}, got `{shown}`"));
         let (https, rest) = match url.split_once("://") {
             Some((s, rest)) if s.eq_ignore_ascii_case("http") => (false, rest),
             Some((s, rest)) if s.eq_ignore_ascii_case("https") => (true, rest),
-            _ => return Err(bad()),
+            _ => return Err(bad("must start with http:// or https://")),
         };
-        let (authority, path) = match rest.find(['/', '?']) {
+        let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let path = if path.starts_with('?') {
+        let path = if path.starts_with(['?', '#']) {
             format!("/{path}")
         } else {
             path.to_owned()
         };
-        if authority.is_empty() || authority.contains('@') || path.contains(['\r', '\n', ' ', '#'])
-        {
-            return Err(bad());
+        if authority.contains('@') {
+            return Err(bad(
+                "user:password@ is not supported (the request is signed; put a token in the path or query if the receiver needs one)",
+            ));
+        }
+        if path.contains('#') {
+            return Err(bad("a #fragment is never sent; remove it"));
+        }
+        if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(bad("spaces and control characters are not allowed"));
         }
         let default_port = if https { 443 } else { 80 };
+        let port_of = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad("the port must be a number from 1 to 65535")),
+            Ok(n) => Ok(n),
+        };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address needs its closing ]"))?;
             match after.strip_prefix(':') {
-                Some(p) => (h, p.parse().map_err(|_| bad())?),
+                Some(p) => (h, port_of(p)?),
                 None if after.is_empty() => (h, default_port),
-                None => return Err(bad()),
+                None => return Err(bad("unexpected text after the IPv6 address")),
             }
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                Some((h, p)) => (h, port_of(p)?),
                 None => (authority, default_port),
             }
         };
-        if host.is_empty() || port == 0 {
-            return Err(bad());
+        if host.is_empty() {
+            return Err(bad("no host"));
         }
         let tls = https.then(|| Arc::new(tls_config(&[])));
         Ok(Endpoint {
@@ -217,6 +232,18 @@ impl Endpoint {
         } else {
             format!("{host}:{}", self.port)
         }
+    }
+}
+
+/// `url` with any `user:password@` replaced.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://<hidden>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -337,8 +364,20 @@ mod tests {
             "http://example.com:0/",
             "http://example.com/a b",
             "http://[::1/",
+            "http://example.com/h?x=1#frag",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+        let e = Endpoint::parse("http://u:secret@example.com/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("<hidden>@example.com") && !e.contains("secret"),
+            "{e}"
+        );
+        let e = Endpoint::parse("http://x/#f").unwrap_err().to_string();
+        assert!(e.contains("#fragment"), "{e}");
+        let e = Endpoint::parse("ftp://x/").unwrap_err().to_string();
+        assert!(e.contains("must start with http:// or https://"), "{e}");
     }
 }

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 pub use client::{Endpoint, PostError};
 pub use sign::signature;
 
-use crate::store::{EventOutcome, HookKind, Hooks, OutboxEvent, Store, StoreError};
+use crate::store::{EventOutcome, HookKind, Hooks, OutboxEvent, OutboxGate, Store, StoreError};
 use crate::vocab::now_ms;
 
 /// Webhook settings (`[webhooks]`).
@@ -50,6 +50,10 @@ pub struct WebhookConfig {
     /// PEM file of extra CA certificates trusted for an `https` receiver (besides the
     /// built-in web roots). Default none.
     pub ca_file: String,
+    /// Most events waiting in the outbox (cluster-wide); while it is this full, new
+    /// events are not written (counted in `herald_webhooks_skipped_total`). Checked once
+    /// a second. Default 1,000,000.
+    pub max_outbox: u64,
 }
 
 impl Default for WebhookConfig {
@@ -68,6 +72,7 @@ impl Default for WebhookConfig {
             retry_max_ms: 300_000,
             concurrency: 16,
             ca_file: String::new(),
+            max_outbox: 1_000_000,
         }
     }
 }
@@ -75,7 +80,7 @@ impl Default for WebhookConfig {
 /// A webhook setting that cannot work, named.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("webhooks.url must be http://… or https://…, got `{0}`")]
+    #[error("webhooks.url: {0}")]
     Url(String),
     #[error("webhooks.secret must not be empty when webhooks.url is set")]
     Secret,
@@ -83,6 +88,10 @@ pub enum ConfigError {
     Event(String),
     #[error("webhooks.{0} must be positive")]
     Zero(&'static str),
+    #[error("webhooks.events is empty: list the events to send, or leave it out for all")]
+    NoEvents,
+    #[error("webhooks.retry_initial_ms ({0}) is above webhooks.retry_max_ms ({1})")]
+    Retry(u64, u64),
     #[error("webhooks.ca_file: {0}")]
     Ca(String),
 }
@@ -106,6 +115,9 @@ impl WebhookConfig {
         if !self.enabled() {
             return Ok(());
         }
+        if self.events.is_empty() {
+            return Err(ConfigError::NoEvents);
+        }
         Endpoint::parse(&self.url)?;
         if self.secret.is_empty() {
             return Err(ConfigError::Secret);
@@ -117,10 +129,14 @@ impl WebhookConfig {
             ("retry_max_ms", self.retry_max_ms),
             ("undelivered_after_secs", self.undelivered_after_secs),
             ("concurrency", self.concurrency as u64),
+            ("max_outbox", self.max_outbox),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.retry_initial_ms > self.retry_max_ms {
+            return Err(ConfigError::Retry(self.retry_initial_ms, self.retry_max_ms));
         }
         Ok(())
     }
@@ -135,6 +151,7 @@ impl WebhookConfig {
         Hooks {
             delivered: kinds.contains(&HookKind::Delivered),
             read: kinds.contains(&HookKind::Read),
+            gate: Arc::default(),
         }
     }
 
@@ -150,7 +167,12 @@ pub struct WebhookMetrics {
     pub sent: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// The outbox's gate: events not written while it was full.
+    pub gate: Arc<OutboxGate>,
 }
+
+/// Failure warnings are logged at most this often; the rest are counted into the next.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Claims and sends events until the store closes.
 pub struct Sender {
@@ -158,6 +180,8 @@ pub struct Sender {
     endpoint: Endpoint,
     config: WebhookConfig,
     metrics: Arc<WebhookMetrics>,
+    /// When a failure was last logged as a warning, and failures since.
+    warned: parking_lot::Mutex<(Option<tokio::time::Instant>, u64)>,
 }
 
 /// How often an idle sender looks for due events.
@@ -175,6 +199,7 @@ impl Sender {
             endpoint,
             config,
             metrics,
+            warned: parking_lot::Mutex::new((None, 0)),
         })
     }
 
@@ -188,7 +213,12 @@ impl Sender {
             .saturating_mul(2)
             .saturating_add(5_000);
         let limit = self.config.concurrency.saturating_mul(4).max(1);
+        let mut checked: Option<tokio::time::Instant> = None;
         loop {
+            if checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                checked = Some(tokio::time::Instant::now());
+                self.watch_depth().await;
+            }
             let events = match self.store.claim_events(limit, lease).await {
                 Ok(e) => e,
                 Err(StoreError::Closed) => return,
@@ -205,6 +235,44 @@ impl Sender {
             if !full {
                 tokio::time::sleep(POLL).await;
             }
+        }
+    }
+
+    /// Closes the outbox's gate while it holds `max_outbox` events, and opens it again.
+    async fn watch_depth(&self) {
+        let Ok(stats) = self.store.outbox().await else {
+            return;
+        };
+        let full = stats.depth >= self.config.max_outbox;
+        if self.metrics.gate.set_full(full) {
+            if full {
+                tracing::warn!(
+                    depth = stats.depth,
+                    "webhook outbox full (webhooks.max_outbox): new events are not stored until it drains"
+                );
+            } else {
+                tracing::info!(
+                    depth = stats.depth,
+                    skipped = self.metrics.gate.skipped(),
+                    "webhook outbox takes events again"
+                );
+            }
+        }
+    }
+
+    /// Logs a failure as a warning at most every [`WARN_EVERY`], with the count since.
+    fn failed(&self, event: &OutboxEvent, error: &PostError, retry_in_ms: u64) {
+        let mut warned = self.warned.lock();
+        let due = warned.0.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            let more = std::mem::take(&mut warned.1);
+            warned.0 = Some(tokio::time::Instant::now());
+            drop(warned);
+            tracing::warn!(id = %event.id, kind = %event.kind, attempts = event.attempts + 1, %error, retry_in_ms, failures_since_last_warning = more, "webhook failed; will retry");
+        } else {
+            warned.1 += 1;
+            drop(warned);
+            tracing::debug!(id = %event.id, attempts = event.attempts + 1, %error, "webhook failed; will retry");
         }
     }
 
@@ -244,12 +312,7 @@ impl Sender {
                     self.config.retry_initial_ms,
                     self.config.retry_max_ms,
                 );
-                // The first failure of a run is worth a warning; the rest repeat it.
-                if event.attempts == 0 {
-                    tracing::warn!(id = %event.id, kind = %event.kind, error = %e, retry_in_ms = delay, "webhook failed; will retry");
-                } else {
-                    tracing::debug!(id = %event.id, attempts = event.attempts + 1, error = %e, "webhook failed again");
-                }
+                self.failed(&event, &e, delay);
                 self.store.settle_event(
                     event.id,
                     EventOutcome::Retry {
@@ -319,6 +382,13 @@ mod tests {
             c.validate().unwrap_err().to_string()
         };
         assert!(bad(|c| c.url = "ftp://x/".into()).contains("webhooks.url"));
+        assert!(bad(|c| c.events.clear()).contains("webhooks.events is empty"));
+        assert!(bad(|c| c.max_outbox = 0).contains("webhooks.max_outbox"));
+        assert!(bad(|c| {
+            c.retry_initial_ms = 10_000;
+            c.retry_max_ms = 10;
+        })
+        .contains("retry_initial_ms (10000) is above"));
         assert!(bad(|c| c.url = "127.0.0.1:80".into()).contains("webhooks.url"));
         assert!(bad(|c| c.secret.clear()).contains("webhooks.secret"));
         assert!(bad(|c| c.events = vec!["message.sent".into()]).contains("`message.sent`"));
@@ -340,13 +410,9 @@ mod tests {
             events: vec!["message.read".into()],
             ..WebhookConfig::default()
         };
-        assert_eq!(
-            c.store_hooks(),
-            Hooks {
-                delivered: false,
-                read: true
-            }
-        );
-        assert_eq!(WebhookConfig::default().store_hooks(), Hooks::default());
+        let h = c.store_hooks();
+        assert_eq!((h.delivered, h.read), (false, true));
+        let off = WebhookConfig::default().store_hooks();
+        assert_eq!((off.delivered, off.read), (false, false));
     }
 }

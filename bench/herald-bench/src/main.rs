@@ -61,6 +61,9 @@ struct Conn {
     /// Distinct users the connections are spread over (0: one user per connection).
     #[arg(long, default_value_t = 0)]
     users: usize,
+    /// Connect with this `deviceId` (each user's connection is that user's device).
+    #[arg(long)]
+    device_id: Option<String>,
     /// Ack events that ask for one (`42<id>[...]` answered with `43<id>[]`), as a
     /// client whose handler calls the ack callback does.
     #[arg(long)]
@@ -76,6 +79,7 @@ impl Conn {
             user_prefix: self.user_prefix.clone(),
             users: self.users,
             ack: self.ack,
+            device_id: self.device_id.clone(),
         }
     }
 }

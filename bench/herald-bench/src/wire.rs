@@ -27,6 +27,8 @@ pub struct Spec {
     /// Answer events that ask for an ack (`42<id>[...]`) with `43<id>[]`, as a client
     /// whose handler calls the ack callback does.
     pub ack: bool,
+    /// The `deviceId` every connection gives, if any.
+    pub device_id: Option<String>,
 }
 
 impl Spec {
@@ -49,10 +51,13 @@ impl Spec {
     /// The upgrade request; v3 clients carry the user in the query.
     pub fn request(&self, user: Option<&str>) -> String {
         let (path, eio, target) = (&self.path, self.eio, self.target);
-        let user = match (self.eio, user) {
+        let mut user = match (self.eio, user) {
             (3, Some(u)) => format!("&userId={u}"),
             _ => String::new(),
         };
+        if let (3, Some(d)) = (self.eio, &self.device_id) {
+            user.push_str(&format!("&deviceId={d}"));
+        }
         format!(
             "GET {path}?EIO={eio}&transport=websocket{user} HTTP/1.1\r\nHost: {target}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
@@ -60,8 +65,13 @@ impl Spec {
 
     /// The namespace CONNECT a v4 client sends; v3 clients are connected implicitly.
     pub fn connect(&self, user: Option<&str>) -> Option<String> {
+        let device = self
+            .device_id
+            .as_ref()
+            .map(|d| format!(",\"deviceId\":\"{d}\""))
+            .unwrap_or_default();
         (self.eio == 4).then(|| match user {
-            Some(u) => format!("40{{\"userId\":\"{u}\"}}"),
+            Some(u) => format!("40{{\"userId\":\"{u}\"{device}}}"),
             None => "40".to_owned(),
         })
     }

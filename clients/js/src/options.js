@@ -4,8 +4,9 @@
 import { isStorage } from "./storage.js";
 import { tokenSubject } from "./token.js";
 
-/** Longest deviceId herald accepts. */
+/** Longest deviceId herald accepts, in bytes of UTF-8. */
 const MAX_DEVICE_ID = 128;
+const utf8Length = (s) => new TextEncoder().encode(s).length;
 
 const DEFAULTS = {
   since: 0,
@@ -38,8 +39,8 @@ export function validate(options) {
   if (typeof token === "string" && userId === undefined && tokenSubject(token) === undefined) {
     throw new TypeError("HeraldClient: the token is not a JWT with a `sub`; pass userId");
   }
-  if (deviceId !== undefined && (typeof deviceId !== "string" || deviceId === "" || deviceId.length > MAX_DEVICE_ID)) {
-    throw new TypeError(`HeraldClient: deviceId must be a string of 1 to ${MAX_DEVICE_ID} characters`);
+  if (deviceId !== undefined && (typeof deviceId !== "string" || deviceId === "" || utf8Length(deviceId) > MAX_DEVICE_ID)) {
+    throw new TypeError(`HeraldClient: deviceId must be a string of 1 to ${MAX_DEVICE_ID} bytes (UTF-8)`);
   }
   if (storage !== undefined && !isStorage(storage)) {
     throw new TypeError("HeraldClient: storage must have getItem(key) and setItem(key, value)");

@@ -129,6 +129,8 @@ describe("options", () => {
       [{ autoConnect: false, token: 42 }, /token must be/],
       [{ ...ok, deviceId: "x".repeat(129) }, /deviceId/],
       [{ ...ok, deviceId: "" }, /deviceId/],
+      // herald counts bytes: 65 two-byte characters are 130.
+      [{ ...ok, deviceId: "é".repeat(65) }, /128 bytes/],
       [{ ...ok, storage: {} }, /storage/],
       [{ ...ok, since: -1 }, /since/],
       [{ ...ok, since: 1.5 }, /since/],
@@ -139,6 +141,8 @@ describe("options", () => {
       assert.throws(() => new HeraldClient(url, options), { name: "TypeError", message }, JSON.stringify(options));
     }
     assert.throws(() => new HeraldClient("", ok), TypeError);
+    // 32 four-byte characters are exactly 128 bytes: accepted.
+    new HeraldClient(url, { ...ok, deviceId: "😀".repeat(32) });
   });
 
   it("knows the user before connecting", () => {

@@ -55,7 +55,7 @@ export interface HeraldClientOptions {
    * (herald in development mode).
    */
   userId?: string;
-  /** A stable id of this installation or tab, 1 to 128 characters. */
+  /** A stable id of this installation or tab, 1 to 128 bytes of UTF-8. */
   deviceId?: string;
   /** Default: the page's localStorage in a browser, a memory storage shared by the process in Node. */
   storage?: HeraldStorage;

@@ -4,7 +4,7 @@
 
 use tokio_postgres::{Client, Transaction};
 
-use super::super::outbox::{self, HookOp, OutboxEvent, OutboxStats, UNDELIVERED_MARK};
+use super::super::outbox::{self, HookOp, OutboxEvent, OutboxGate, OutboxStats, UNDELIVERED_MARK};
 use super::{i, Applied, Done};
 
 /// Adds events to the outbox, due at once, with one statement.
@@ -27,8 +27,10 @@ pub(super) async fn insert_all(
     Ok(())
 }
 
-pub(super) async fn apply(tx: &Transaction<'_>, op: HookOp) -> Applied {
+/// `gate`: new events are written only while the outbox is not full.
+pub(super) async fn apply(tx: &Transaction<'_>, op: HookOp, gate: &OutboxGate) -> Applied {
     match op {
+        HookOp::Add { reply, .. } if !gate.admit(1) => Ok(Done::Sweep(reply, 0)),
         HookOp::Add {
             kind,
             at,
@@ -70,7 +72,7 @@ pub(super) async fn apply(tx: &Transaction<'_>, op: HookOp) -> Applied {
             Ok(_) => Ok(Done::Nothing),
             Err(e) => Err((Done::Nothing, e)),
         },
-        HookOp::ScanUndelivered { upto, now, reply } => match scan(tx, upto, now).await {
+        HookOp::ScanUndelivered { upto, now, reply } => match scan(tx, upto, now, gate).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err((Done::Sweep(reply, 0), e)),
         },
@@ -106,7 +108,12 @@ async fn claim(
 
 /// `message.undelivered` for copies stored in (watermark, upto] and still not acked.
 /// The first scan only sets the watermark.
-async fn scan(tx: &Transaction<'_>, upto: u64, now: u64) -> Result<u64, tokio_postgres::Error> {
+async fn scan(
+    tx: &Transaction<'_>,
+    upto: u64,
+    now: u64,
+    gate: &OutboxGate,
+) -> Result<u64, tokio_postgres::Error> {
     let upto = i(upto);
     // A mark row to lock, so that concurrent scans (other nodes) take turns.
     let created = tx
@@ -148,7 +155,10 @@ async fn scan(tx: &Transaction<'_>, upto: u64, now: u64) -> Result<u64, tokio_po
         })
         .collect();
     let n = events.len() as u64;
-    insert_all(tx, events, "message.undelivered").await?;
+    // While the outbox is full the window passes unreported (and counted).
+    if gate.admit(n) {
+        insert_all(tx, events, "message.undelivered").await?;
+    }
     tx.execute(
         "UPDATE webhook_marks SET at = $2 WHERE name = $1",
         &[&UNDELIVERED_MARK, &upto],

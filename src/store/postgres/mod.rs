@@ -112,7 +112,8 @@ pub(super) async fn start(
         client: None,
     };
     let max_batch = cfg.max_batch.max(1);
-    let limits = (cfg.hooks, cfg.max_devices_per_user.max(1));
+    let hooks = cfg.hooks.clone();
+    let max_devices = cfg.max_devices_per_user.max(1);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(op) = writes.recv().await {
@@ -124,7 +125,14 @@ pub(super) async fn start(
                 }
             }
             let mut forward = Vec::new();
-            commit(&mut writer, &mut batch, &health, limits, &mut forward).await;
+            commit(
+                &mut writer,
+                &mut batch,
+                &health,
+                (&hooks, max_devices),
+                &mut forward,
+            )
+            .await;
             for m in forward {
                 // Commit order is delivery order.
                 let _ = committed.send(m).await;
@@ -143,7 +151,7 @@ async fn commit(
     conn: &mut Conn,
     batch: &mut Vec<WriteOp>,
     health: &super::Health,
-    limits: (Hooks, u64),
+    limits: (&Hooks, u64),
     forward: &mut Vec<Arc<Message>>,
 ) {
     let hooks = limits.0;
@@ -315,7 +323,7 @@ async fn append_all(
 async fn ack_all(
     tx: &Transaction<'_>,
     acks: &[Ack],
-    hooks: Hooks,
+    hooks: &Hooks,
 ) -> Result<(), tokio_postgres::Error> {
     if acks.is_empty() {
         return Ok(());
@@ -353,7 +361,8 @@ async fn ack_all(
             "INSERT INTO receipts (user_id, seq, device_id, acked_at)
              SELECT t.u, t.s, t.d, t.at
              FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS t(u, s, at, d)
-             WHERE EXISTS (SELECT 1 FROM inbox WHERE inbox.user_id = t.u AND inbox.seq = t.s)
+             WHERE t.d <> ''
+               AND EXISTS (SELECT 1 FROM inbox WHERE inbox.user_id = t.u AND inbox.seq = t.s)
              ON CONFLICT DO NOTHING",
             &ack_params,
         ),
@@ -375,7 +384,7 @@ async fn ack_all(
     let delivered = delivered?;
     receipts?;
     positions?;
-    if hooks.delivered {
+    if hooks.delivered && hooks.gate.admit(delivered.len() as u64) {
         let events: Vec<_> = delivered
             .iter()
             .map(|r| {
@@ -397,7 +406,7 @@ async fn ack_all(
 type Applied = Result<Done, (Done, tokio_postgres::Error)>;
 
 /// `limits`: which receipts go to the webhook outbox, and the most devices per user.
-async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (Hooks, u64)) -> Applied {
+async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (&Hooks, u64)) -> Applied {
     let (hooks, max_devices) = limits;
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg).await {
@@ -438,7 +447,7 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (Hooks, u64)) -> Appli
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err((Done::Read(reply, 0), e)),
         },
-        WriteOp::Hook(op) => hooks::apply(tx, op).await,
+        WriteOp::Hook(op) => hooks::apply(tx, op, &hooks.gate).await,
         WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err((Done::Sweep(reply, 0), e)),
@@ -505,7 +514,7 @@ async fn mark_read(
     user: &str,
     up_to: u64,
     at: u64,
-    hooks: Hooks,
+    hooks: &Hooks,
 ) -> Result<u64, tokio_postgres::Error> {
     let row = tx
         .query_opt(
@@ -525,7 +534,7 @@ async fn mark_read(
             &[&user, &stored, &i(at)],
         )
         .await?;
-    if hooks.read {
+    if hooks.read && hooks.gate.admit(passed.len() as u64) {
         let events = passed
             .iter()
             .map(|r| outbox::read(r.get(1), user, r.get::<_, i64>(0) as u64, at))

@@ -181,7 +181,7 @@ async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreE
         if copy.devices.len() < MAX_RECEIPTS_PER_COPY {
             let device: String = r.get(2);
             copy.devices.push(DeviceReceipt {
-                device: (!device.is_empty()).then_some(device),
+                device,
                 acked_at: r.get::<_, i64>(3) as u64,
             });
         }

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::super::outbox::{self, HookOp, OutboxEvent, OutboxStats, UNDELIVERED_MARK};
+use super::super::outbox::{self, HookOp, OutboxEvent, OutboxGate, OutboxStats, UNDELIVERED_MARK};
 use super::{Applied, Done};
 
 /// Adds one event to the outbox, due at once.
@@ -20,8 +20,10 @@ pub(super) fn insert(
     Ok(())
 }
 
-pub(super) fn apply(tx: &Transaction<'_>, op: HookOp) -> Applied {
+/// `gate`: new events are written only while the outbox is not full.
+pub(super) fn apply(tx: &Transaction<'_>, op: HookOp, gate: &OutboxGate) -> Applied {
     match op {
+        HookOp::Add { reply, .. } if !gate.admit(1) => Ok(Done::Sweep(reply, 0)),
         HookOp::Add {
             kind,
             at,
@@ -59,7 +61,7 @@ pub(super) fn apply(tx: &Transaction<'_>, op: HookOp) -> Applied {
             Ok(_) => Ok(Done::Nothing),
             Err(e) => Err(Box::new((Done::Nothing, e))),
         },
-        HookOp::ScanUndelivered { upto, now, reply } => match scan(tx, upto, now) {
+        HookOp::ScanUndelivered { upto, now, reply } => match scan(tx, upto, now, gate) {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
         },
@@ -100,7 +102,12 @@ fn claim(
 /// `message.undelivered` for copies stored in (watermark, upto] and still not acked.
 /// The first scan only sets the watermark: copies stored before webhooks were turned on
 /// are not reported.
-fn scan(tx: &Transaction<'_>, upto: u64, now: u64) -> Result<u64, rusqlite::Error> {
+fn scan(
+    tx: &Transaction<'_>,
+    upto: u64,
+    now: u64,
+    gate: &OutboxGate,
+) -> Result<u64, rusqlite::Error> {
     let mark: Option<i64> = tx
         .prepare_cached("SELECT at FROM webhook_marks WHERE name = ?1")?
         .query_row([UNDELIVERED_MARK], |r| r.get(0))
@@ -125,18 +132,28 @@ fn scan(tx: &Transaction<'_>, upto: u64, now: u64) -> Result<u64, rusqlite::Erro
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        // While the outbox is full the window passes unreported (and counted).
+        if !gate.admit(copies.len() as u64) {
+            return set_mark(tx, upto).map(|()| 0);
+        }
         for (user, seq, message, ts) in copies {
             let event = outbox::undelivered(&message, &user, seq as u64, ts as u64, now);
             insert(tx, event, "message.undelivered", now)?;
             n += 1;
         }
     }
+    set_mark(tx, upto)?;
+    Ok(n)
+}
+
+/// Moves the scan's watermark to `upto`.
+fn set_mark(tx: &Transaction<'_>, upto: i64) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO webhook_marks (name, at) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET at = MAX(webhook_marks.at, excluded.at)",
     )?
     .execute(params![UNDELIVERED_MARK, upto])?;
-    Ok(n)
+    Ok(())
 }
 
 pub(super) fn stats(conn: &Connection) -> Result<OutboxStats, rusqlite::Error> {

@@ -95,7 +95,7 @@ pub(super) fn start(
     let mut file = FileIdentity::of(&path)?;
     let reader = open(&path, uri, cfg.sqlite_sync)?;
     let max_batch = cfg.max_batch.max(1);
-    let hooks = cfg.hooks;
+    let hooks = cfg.hooks.clone();
     let max_devices = cfg.max_devices_per_user.max(1);
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
@@ -128,7 +128,7 @@ pub(super) fn start(
                     Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
                     Ok(()) => {
                         let (done, result) =
-                            commit(&mut writer, &mut batch, &mut seqs, (hooks, max_devices));
+                            commit(&mut writer, &mut batch, &mut seqs, (&hooks, max_devices));
                         // Removed or replaced during the commit: it went to a lost file.
                         (done, result.and_then(|()| file.check()))
                     }
@@ -272,7 +272,7 @@ fn commit(
     conn: &mut Connection,
     batch: &mut Vec<WriteOp>,
     seqs: &mut Seqs,
-    limits: (Hooks, u64),
+    limits: (&Hooks, u64),
 ) -> Settle {
     let mut ops = std::mem::take(batch).into_iter();
     let mut done = Vec::with_capacity(ops.len());
@@ -305,7 +305,7 @@ fn commit(
 type Applied = Result<Done, Box<(Done, rusqlite::Error)>>;
 
 /// `limits`: which receipts go to the webhook outbox, and the most devices per user.
-fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, limits: (Hooks, u64)) -> Applied {
+fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, limits: (&Hooks, u64)) -> Applied {
     let (hooks, max_devices) = limits;
     match op {
         WriteOp::Append(msg, reply) => match append(tx, &msg, seqs) {
@@ -341,7 +341,7 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, limits: (Hooks, u64
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
-        WriteOp::Hook(op) => hooks::apply(tx, op),
+        WriteOp::Hook(op) => hooks::apply(tx, op, &hooks.gate),
         WriteOp::Sweep(r, reply) => match sweep(tx, r) {
             Ok(n) => Ok(Done::Sweep(reply, n)),
             Err(e) => Err(Box::new((Done::Sweep(reply, 0), e))),
@@ -411,7 +411,7 @@ fn mark_read(
     up_to: u64,
     at: u64,
     seqs: &mut Seqs,
-    hooks: Hooks,
+    hooks: &Hooks,
 ) -> Result<u64, rusqlite::Error> {
     let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
     let last = seqs.last(tx, user)?;
@@ -426,11 +426,15 @@ fn mark_read(
              RETURNING read_upto",
         )?
         .query_row(params![user, last, up_to], |r| r.get(0))?;
-    if !hooks.read {
-        tx.prepare_cached(
-            "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
-        )?
-        .execute(params![user, stored, at as i64])?;
+    if !hooks.read || !hooks.gate.admit(0) {
+        let passed = tx
+            .prepare_cached(
+                "UPDATE inbox SET read_at = ?3 WHERE user_id = ?1 AND seq <= ?2 AND read_at IS NULL",
+            )?
+            .execute(params![user, stored, at as i64])?;
+        if hooks.read {
+            hooks.gate.admit(passed as u64);
+        }
         return Ok(stored as u64);
     }
     let mut update = tx.prepare_cached(
@@ -490,7 +494,7 @@ fn delivered(
     seq: u64,
     device: Option<&str>,
     at: u64,
-    hooks: Hooks,
+    hooks: &Hooks,
 ) -> Result<(), rusqlite::Error> {
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     let first: Option<String> = tx
@@ -500,19 +504,20 @@ fn delivered(
         )?
         .query_row(params![user, seq, at as i64], |r| r.get(0))
         .optional()?;
-    if let (Some(message), true) = (first, hooks.delivered) {
+    if let (Some(message), true) = (first, hooks.delivered && hooks.gate.admit(1)) {
         let event = outbox::delivered(&message, user, seq as u64, device, at);
         hooks::insert(tx, event, "message.delivered", at)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO receipts (user_id, seq, device_id, acked_at) SELECT ?1, ?2, ?3, ?4
-         WHERE EXISTS (SELECT 1 FROM inbox WHERE user_id = ?1 AND seq = ?2)
-         ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![user, seq, device.unwrap_or(""), at as i64])?;
-    // Only a device with a position (made at its connect) moves: acks cannot add devices
-    // past `max_devices_per_user`.
+    // A device's receipt (a connection without a `deviceId` is no device: its ack only
+    // marks the copy delivered). Only a device with a position (made at its connect)
+    // moves: acks cannot add devices past `max_devices_per_user`.
     if let Some(device) = device {
+        tx.prepare_cached(
+            "INSERT INTO receipts (user_id, seq, device_id, acked_at) SELECT ?1, ?2, ?3, ?4
+             WHERE EXISTS (SELECT 1 FROM inbox WHERE user_id = ?1 AND seq = ?2)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![user, seq, device, at as i64])?;
         tx.prepare_cached(
             "UPDATE devices SET acked_seq = MAX(acked_seq, ?3) WHERE user_id = ?1 AND device_id = ?2",
         )?
@@ -704,7 +709,7 @@ fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::
                 |row| {
                     let device: String = row.get(0)?;
                     Ok(DeviceReceipt {
-                        device: (!device.is_empty()).then_some(device),
+                        device,
                         acked_at: row.get::<_, i64>(1)? as u64,
                     })
                 },
