@@ -257,12 +257,27 @@ async fn acks_record_delivery_and_device_position(f: Fixture) {
     f.store.mark_read("ann", 0).await.unwrap();
     assert_eq!(f.store.device_acked("ann", "tablet").await.unwrap(), None);
     assert_eq!(f.store.device_position("ann", "phone").await.unwrap(), 2);
+    // Many devices acking one copy: each device's first ack, at most 100 listed.
+    for i in 0..150 {
+        f.store.mark_delivered("ann", 2, Some(&format!("d{i:03}")));
+    }
+    f.store.mark_delivered("ann", 2, Some("d000"));
+    f.store.mark_read("ann", 0).await.unwrap();
+    let second = f.store.messages("ann", 1, 1).await.unwrap()[0].id.clone();
+    let state = f.store.message_state(&second).await.unwrap().unwrap();
+    let devices = &state.recipients[0].devices;
+    assert_eq!(devices.len(), 100);
+    assert!(devices.windows(2).all(|w| w[0].acked_at <= w[1].acked_at));
+    assert_eq!(devices.iter().filter(|d| d.device == "d000").count(), 1);
     let state = f.store.message_state(&a.id).await.unwrap().unwrap();
     assert_eq!(state.recipients.len(), 2);
     let ann = state.recipients.iter().find(|r| r.user == "ann").unwrap();
     let bob = state.recipients.iter().find(|r| r.user == "bob").unwrap();
     assert!(ann.delivered_at.is_some());
     assert!(bob.delivered_at.is_none());
+    let names: Vec<&str> = ann.devices.iter().map(|d| d.device.as_str()).collect();
+    assert!(names.contains(&"phone") && names.contains(&"laptop"), "{names:?}");
+    assert!(bob.devices.is_empty());
     assert!(f.store.message_state("no-such-id").await.unwrap().is_none());
 }
 

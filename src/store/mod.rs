@@ -17,6 +17,7 @@ pub use outbox::{HookKind, Hooks, OutboxEvent, OutboxGate, OutboxStats};
 
 use health::{Health, PROBE_FRESH_MS, PROBE_TIMEOUT};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -201,6 +202,24 @@ pub struct DeviceReceipt {
 
 /// The most devices listed per copy in a message's state.
 pub(crate) const MAX_RECEIPTS_PER_COPY: usize = 100;
+/// A copy's stored receipts stop growing past this many bytes (about 100 devices).
+pub(crate) const MAX_RECEIPTS_BYTES: usize = 16 * 1024;
+
+/// A copy's receipts as stored (`{"device": acked_at_ms, …}`), earliest first, at most
+/// [`MAX_RECEIPTS_PER_COPY`].
+pub(crate) fn receipts_of(stored: Option<&str>) -> Vec<DeviceReceipt> {
+    let Some(map) = stored.and_then(|s| serde_json::from_str::<HashMap<String, u64>>(s).ok())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<DeviceReceipt> = map
+        .into_iter()
+        .map(|(device, acked_at)| DeviceReceipt { device, acked_at })
+        .collect();
+    out.sort_by(|a, b| (a.acked_at, &a.device).cmp(&(b.acked_at, &b.device)));
+    out.truncate(MAX_RECEIPTS_PER_COPY);
+    out
+}
 
 /// A message and the state of each of its copies.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -668,10 +687,7 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
     }))
 }
 
-/// Schema steps, applied in order; the store records how many have run. Both backends
-/// run the same text; SQLite turns `/*WITHOUT ROWID*/` into the clause (a table kept in
-/// its primary key's B-tree alone: one insert per row instead of two), which PostgreSQL
-/// reads as a comment.
+/// Schema steps, applied in order; the store records how many have run.
 const MIGRATIONS: [&str; 2] = [
     r#"
 CREATE TABLE users (
@@ -710,15 +726,10 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
 "#,
-    // Per-device receipts and the webhook outbox.
+    // Per-device receipts (a JSON object, device → first ack, on the copy's row, so that
+    // recording one dirties no page the ack does not already) and the webhook outbox.
     r#"
-CREATE TABLE receipts (
-    user_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    device_id TEXT NOT NULL,
-    acked_at BIGINT NOT NULL,
-    PRIMARY KEY (user_id, seq, device_id)
-) /*WITHOUT ROWID*/;
+ALTER TABLE inbox ADD COLUMN receipts TEXT;
 CREATE TABLE webhook_outbox (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,

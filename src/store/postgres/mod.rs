@@ -15,7 +15,7 @@ use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
     appended, outbox, pending, settle, Appended, Done, Hooks, NewMessage, ReadOp, Retention,
-    StoreConfig, StoreError, WriteOp, MIGRATIONS,
+    StoreConfig, StoreError, WriteOp, MAX_RECEIPTS_BYTES, MIGRATIONS,
 };
 use crate::vocab::Message;
 
@@ -345,6 +345,25 @@ async fn ack_all(
             *seq = (*seq).max(a.seq);
         }
     }
+    // Each copy's new receipts as one JSON object (a copy's row is updated once per
+    // statement), each device's earliest ack.
+    let mut copies: BTreeMap<(&str, i64), BTreeMap<&str, i64>> = BTreeMap::new();
+    for a in acks {
+        if let Some(d) = &a.device {
+            let at = copies
+                .entry((a.user.as_str(), a.seq))
+                .or_default()
+                .entry(d.as_str())
+                .or_insert(a.at);
+            *at = (*at).min(a.at);
+        }
+    }
+    let copy_users: Vec<&str> = copies.keys().map(|(u, _)| *u).collect();
+    let copy_seqs: Vec<i64> = copies.keys().map(|(_, s)| *s).collect();
+    let copy_receipts: Vec<String> = copies
+        .values()
+        .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "{}".into()))
+        .collect();
     let dev_users: Vec<&str> = devices.keys().map(|(u, _)| *u).collect();
     let dev_ids: Vec<&str> = devices.keys().map(|(_, d)| *d).collect();
     let dev_seqs: Vec<i64> = devices.values().copied().collect();
@@ -357,15 +376,20 @@ async fn ack_all(
              RETURNING inbox.user_id, inbox.seq, inbox.message_id, t.d, t.at",
             &ack_params,
         ),
-        tx.execute(
-            "INSERT INTO receipts (user_id, seq, device_id, acked_at)
-             SELECT t.u, t.s, t.d, t.at
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS t(u, s, at, d)
-             WHERE t.d <> ''
-               AND EXISTS (SELECT 1 FROM inbox WHERE inbox.user_id = t.u AND inbox.seq = t.s)
-             ON CONFLICT DO NOTHING",
-            &ack_params,
-        ),
+        async {
+            if copy_users.is_empty() {
+                return Ok(0);
+            }
+            // What is there wins: each device's first ack is kept.
+            tx.execute(
+                "UPDATE inbox SET receipts = (t.r::jsonb || COALESCE(inbox.receipts::jsonb, '{}'::jsonb))::text
+                 FROM unnest($1::text[], $2::bigint[], $3::text[]) AS t(u, s, r)
+                 WHERE inbox.user_id = t.u AND inbox.seq = t.s
+                   AND length(COALESCE(inbox.receipts, '')) < $4",
+                &[&copy_users, &copy_seqs, &copy_receipts, &(MAX_RECEIPTS_BYTES as i32)],
+            )
+            .await
+        },
         async {
             if dev_users.is_empty() {
                 return Ok(0);
@@ -594,12 +618,6 @@ async fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, tokio_postgres
         .await?;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
-        &[],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM receipts WHERE NOT EXISTS
-             (SELECT 1 FROM inbox WHERE inbox.user_id = receipts.user_id AND inbox.seq = receipts.seq)",
         &[],
     )
     .await?;

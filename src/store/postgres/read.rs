@@ -2,8 +2,7 @@
 //! message's state, idempotency keys.
 
 use super::super::{
-    DeviceReceipt, MessageState, ReadOp, Recipient, StoreError, StoredMessage, Unread,
-    MAX_RECEIPTS_PER_COPY,
+    receipts_of, MessageState, ReadOp, Recipient, StoreError, StoredMessage, Unread,
 };
 use super::{i, Conn};
 
@@ -144,12 +143,12 @@ async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreE
     };
     let rows = c
         .query(
-            "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
+            "SELECT user_id, seq, ts, delivered_at, read_at, receipts FROM inbox
              WHERE message_id = $1 ORDER BY user_id LIMIT 10000",
             &[&id],
         )
         .await?;
-    let mut recipients: Vec<Recipient> = rows
+    let recipients: Vec<Recipient> = rows
         .iter()
         .map(|r| Recipient {
             user: r.get(0),
@@ -157,35 +156,9 @@ async fn state(conn: &mut Conn, id: &str) -> Result<Option<MessageState>, StoreE
             stored_at: r.get::<_, i64>(2) as u64,
             delivered_at: opt(r.get(3)),
             read_at: opt(r.get(4)),
-            devices: Vec::new(),
+            devices: receipts_of(r.get::<_, Option<&str>>(5)),
         })
         .collect();
-    let receipts = c
-        .query(
-            "SELECT r.user_id, r.seq, r.device_id, r.acked_at
-             FROM inbox i JOIN receipts r ON r.user_id = i.user_id AND r.seq = i.seq
-             WHERE i.message_id = $1 ORDER BY r.acked_at, r.device_id",
-            &[&id],
-        )
-        .await?;
-    let index: std::collections::HashMap<(String, u64), usize> = recipients
-        .iter()
-        .enumerate()
-        .map(|(n, r)| ((r.user.clone(), r.seq), n))
-        .collect();
-    for r in &receipts {
-        let key = (r.get::<_, String>(0), r.get::<_, i64>(1) as u64);
-        let Some(copy) = index.get(&key).map(|&n| &mut recipients[n]) else {
-            continue;
-        };
-        if copy.devices.len() < MAX_RECEIPTS_PER_COPY {
-            let device: String = r.get(2);
-            copy.devices.push(DeviceReceipt {
-                device,
-                acked_at: r.get::<_, i64>(3) as u64,
-            });
-        }
-    }
     Ok(Some(MessageState {
         id: id.to_owned(),
         event: head.get(0),

@@ -15,9 +15,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    appended, outbox, pending, settle, Appended, DeviceReceipt, Done, Hooks, MessageState,
+    appended, outbox, pending, receipts_of, settle, Appended, Done, Hooks, MessageState,
     NewMessage, ReadOp, Recipient, Retention, SqliteSync, StoreConfig, StoreError, StoredMessage,
-    Unread, WriteOp, MAX_RECEIPTS_PER_COPY, MIGRATIONS,
+    Unread, WriteOp, MAX_RECEIPTS_BYTES, MIGRATIONS,
 };
 use crate::vocab::Message;
 
@@ -49,7 +49,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .optional()?
         .unwrap_or(0);
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.execute_batch(&step.replace("/*WITHOUT ROWID*/", "WITHOUT ROWID"))?;
+        tx.execute_batch(step)?;
         tracing::info!(version = i + 1, "store migration applied");
     }
     tx.execute("DELETE FROM herald_schema", [])?;
@@ -512,12 +512,19 @@ fn delivered(
     // marks the copy delivered). Only a device with a position (made at its connect)
     // moves: acks cannot add devices past `max_devices_per_user`.
     if let Some(device) = device {
+        // The first ack of each device is kept (the patch yields to what is there); a
+        // copy's receipts stop growing at MAX_RECEIPTS_BYTES.
         tx.prepare_cached(
-            "INSERT INTO receipts (user_id, seq, device_id, acked_at) SELECT ?1, ?2, ?3, ?4
-             WHERE EXISTS (SELECT 1 FROM inbox WHERE user_id = ?1 AND seq = ?2)
-             ON CONFLICT DO NOTHING",
+            "UPDATE inbox SET receipts = json_patch(json_object(?3, ?4), COALESCE(receipts, '{}'))
+             WHERE user_id = ?1 AND seq = ?2 AND length(COALESCE(receipts, '')) < ?5",
         )?
-        .execute(params![user, seq, device, at as i64])?;
+        .execute(params![
+            user,
+            seq,
+            device,
+            at as i64,
+            MAX_RECEIPTS_BYTES as i64
+        ])?;
         tx.prepare_cached(
             "UPDATE devices SET acked_seq = MAX(acked_seq, ?3) WHERE user_id = ?1 AND device_id = ?2",
         )?
@@ -544,11 +551,6 @@ fn sweep(tx: &Transaction<'_>, r: Retention) -> Result<u64, rusqlite::Error> {
     )? as u64;
     tx.execute(
         "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.message_id = messages.id)",
-        [],
-    )?;
-    tx.execute(
-        "DELETE FROM receipts WHERE NOT EXISTS
-             (SELECT 1 FROM inbox WHERE inbox.user_id = receipts.user_id AND inbox.seq = receipts.seq)",
         [],
     )?;
     let idem_cutoff = r.now_ms.saturating_sub(r.idempotency_window_ms) as i64;
@@ -683,10 +685,10 @@ fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT user_id, seq, ts, delivered_at, read_at FROM inbox
+        "SELECT user_id, seq, ts, delivered_at, read_at, receipts FROM inbox
          WHERE message_id = ?1 ORDER BY user_id LIMIT 10000",
     )?;
-    let mut recipients = stmt
+    let recipients = stmt
         .query_map([id], |r| {
             Ok(Recipient {
                 user: r.get(0)?,
@@ -694,28 +696,10 @@ fn state(conn: &Connection, id: &str) -> Result<Option<MessageState>, rusqlite::
                 stored_at: r.get::<_, i64>(2)? as u64,
                 delivered_at: opt_u64(r.get(3)?),
                 read_at: opt_u64(r.get(4)?),
-                devices: Vec::new(),
+                devices: receipts_of(r.get::<_, Option<String>>(5)?.as_deref()),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut receipts = conn.prepare_cached(
-        "SELECT device_id, acked_at FROM receipts WHERE user_id = ?1 AND seq = ?2
-         ORDER BY acked_at, device_id LIMIT ?3",
-    )?;
-    for r in &mut recipients {
-        r.devices = receipts
-            .query_map(
-                params![r.user, r.seq as i64, MAX_RECEIPTS_PER_COPY as i64],
-                |row| {
-                    let device: String = row.get(0)?;
-                    Ok(DeviceReceipt {
-                        device,
-                        acked_at: row.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-    }
     Ok(Some(MessageState {
         id: id.to_owned(),
         event,
