@@ -276,7 +276,10 @@ async fn acks_record_delivery_and_device_position(f: Fixture) {
     assert!(ann.delivered_at.is_some());
     assert!(bob.delivered_at.is_none());
     let names: Vec<&str> = ann.devices.iter().map(|d| d.device.as_str()).collect();
-    assert!(names.contains(&"phone") && names.contains(&"laptop"), "{names:?}");
+    assert!(
+        names.contains(&"phone") && names.contains(&"laptop"),
+        "{names:?}"
+    );
     assert!(bob.devices.is_empty());
     assert!(f.store.message_state("no-such-id").await.unwrap().is_none());
 }
