@@ -81,6 +81,7 @@ pub(super) async fn polling(
                 eio_error(engine, stream, EioError::SessionIdUnknown, ka, cors).await?;
                 return Ok(Next::KeepAlive);
             };
+            settle_upgrade(&session).await;
             if session.expire_if_due() || !begin_get(engine, &session).await {
                 let code = if session.is_closed() {
                     EioError::SessionIdUnknown
@@ -119,6 +120,21 @@ pub(super) async fn polling(
             eio_error(engine, stream, EioError::BadRequest, ka, cors).await?;
             Ok(Next::KeepAlive)
         }
+    }
+}
+
+/// How long a `GET` waits for an upgrade in progress to settle.
+const UPGRADE_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A `GET` that arrives while a WebSocket takes the session over may have been sent
+/// after the WebSocket's probe and upgrade packets, yet be handled first (they are read
+/// by another task): it waits briefly for the upgrade to settle, so that it is refused
+/// (400) once upgraded, whichever runs first. A client's GET rarely meets an upgrade in
+/// progress (clients pause polling once probed), and then waits at most 100 ms.
+async fn settle_upgrade(session: &Arc<Session>) {
+    let deadline = tokio::time::Instant::now() + UPGRADE_SETTLE;
+    while session.upgrading() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 

@@ -99,6 +99,9 @@ struct Inner {
     post_active: bool,
     /// The pending polling `GET` must be answered with a noop (an upgrade is probing).
     noop: bool,
+    /// Closed by the client's close packet while no `GET` waited: one `GET` sent with
+    /// that close (and so possibly handled after it) still gets its noop.
+    linger_get: bool,
     /// The task that drains the queue: the WebSocket task or the pending `GET`.
     waker: Option<Waker>,
     /// The WebSocket task while an upgrade is in progress.
@@ -121,6 +124,8 @@ struct Inner {
 }
 
 const NEVER: u64 = u64::MAX;
+/// How long a session closed by its client stays findable for a `GET` sent with the close.
+const LINGER_GET: std::time::Duration = std::time::Duration::from_secs(2);
 /// Set in `app_deadline` when it is a credentials expiry (engine-clock ms stay far
 /// below it).
 const EXPIRY: u64 = 1 << 62;
@@ -192,6 +197,7 @@ impl Session {
                 get: Get::Idle,
                 post_active: false,
                 noop: false,
+                linger_get: false,
                 waker: None,
                 ws_waker: None,
                 reason: None,
@@ -450,9 +456,26 @@ impl Session {
             return;
         }
         let first = inner.reason.is_none();
+        // A polling client may send its close and its next GET together; whichever is
+        // handled first, that GET gets its noop (as a single-threaded server answers
+        // them in arrival order). The session stays findable for it, briefly.
+        let linger = first
+            && reason == CloseReason::TransportClose
+            && inner.state == State::Polling
+            && inner.get == Get::Idle
+            && tokio::runtime::Handle::try_current().is_ok();
         let wakers = Self::end(&mut inner, reason, State::Closed);
+        inner.linger_get = linger;
         drop(inner);
-        if first {
+        if linger {
+            wake_all(wakers);
+            self.notify_close(reason);
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(LINGER_GET).await;
+                this.engine.remove(&this);
+            });
+        } else if first {
             self.after_end(wakers, reason);
         } else {
             // Was closing: already notified; just finish.

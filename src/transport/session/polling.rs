@@ -24,6 +24,10 @@ impl Session {
         let mut inner = self.inner.lock();
         match inner.state {
             State::Polling | State::Upgrading | State::Closing => {}
+            // The one GET sent with the client's close (see `linger_get`).
+            State::Closed if inner.linger_get && inner.get == Get::Idle => {
+                inner.linger_get = false;
+            }
             State::WebSocket | State::Closed => return Err(Busy::NotPolling),
         }
         match inner.get {
@@ -67,6 +71,9 @@ impl Session {
                     Some(CloseReason::TransportClose) => Kind::Noop,
                     _ => Kind::Close,
                 };
+                drop(inner);
+                // Answered: a session lingering for this GET goes now.
+                self.engine.remove(self);
                 Poll::Ready(GetReply::Final(vec![Outbound::control(kind)]))
             }
             State::Closing => {

@@ -23,6 +23,11 @@ impl Session {
         Ok(())
     }
 
+    /// Whether a WebSocket is taking this polling session over.
+    pub(crate) fn upgrading(&self) -> bool {
+        self.inner.lock().state == State::Upgrading
+    }
+
     /// The upgrading WebSocket answered the probe: the pending `GET` gets a noop so the
     /// client can pause polling.
     pub(crate) fn probed(&self) {
