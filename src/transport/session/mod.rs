@@ -70,6 +70,9 @@ enum Get {
     /// waits until it is, so that answers are never copied out one after another and
     /// left unread.
     Answering,
+    /// Closed by the client's close packet while no `GET` waited: one `GET` sent with
+    /// that close (and so possibly handled after it) still gets its noop.
+    Lingering,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +102,6 @@ struct Inner {
     post_active: bool,
     /// The pending polling `GET` must be answered with a noop (an upgrade is probing).
     noop: bool,
-    /// Closed by the client's close packet while no `GET` waited: one `GET` sent with
-    /// that close (and so possibly handled after it) still gets its noop.
-    linger_get: bool,
     /// The task that drains the queue: the WebSocket task or the pending `GET`.
     waker: Option<Waker>,
     /// The WebSocket task while an upgrade is in progress.
@@ -197,7 +197,6 @@ impl Session {
                 get: Get::Idle,
                 post_active: false,
                 noop: false,
-                linger_get: false,
                 waker: None,
                 ws_waker: None,
                 reason: None,
@@ -465,7 +464,9 @@ impl Session {
             && inner.get == Get::Idle
             && tokio::runtime::Handle::try_current().is_ok();
         let wakers = Self::end(&mut inner, reason, State::Closed);
-        inner.linger_get = linger;
+        if linger {
+            inner.get = Get::Lingering;
+        }
         drop(inner);
         if linger {
             wake_all(wakers);

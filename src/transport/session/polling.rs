@@ -24,9 +24,9 @@ impl Session {
         let mut inner = self.inner.lock();
         match inner.state {
             State::Polling | State::Upgrading | State::Closing => {}
-            // The one GET sent with the client's close (see `linger_get`).
-            State::Closed if inner.linger_get && inner.get == Get::Idle => {
-                inner.linger_get = false;
+            // The one GET sent with the client's close (see `Get::Lingering`).
+            State::Closed if inner.get == Get::Lingering => {
+                inner.get = Get::Idle;
             }
             State::WebSocket | State::Closed => return Err(Busy::NotPolling),
         }
@@ -37,7 +37,7 @@ impl Session {
                 Err(Busy::Duplicate)
             }
             Get::Answering => Err(Busy::Answering),
-            Get::Idle => {
+            Get::Idle | Get::Lingering => {
                 inner.get = Get::Waiting;
                 Ok(())
             }
