@@ -8,11 +8,19 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let cli = Cli::parse();
+    // An invalid HERALD_LOG is refused rather than quietly ignored.
+    let filter = match std::env::var("HERALD_LOG") {
+        Ok(v) => match tracing_subscriber::EnvFilter::builder().parse(&v) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("herald: HERALD_LOG=`{v}` is not a log filter ({e}); use e.g. `info`, `debug` or `herald=debug,warn`");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => "info".into(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let config = match Config::load(&cli.flags, std::env::vars()) {

@@ -118,9 +118,53 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Lets a repeated log line through at most once per interval, and counts the ones it
+/// held back (so a flood of refused clients cannot flood the log).
+#[derive(Debug, Default)]
+pub struct LogEvery {
+    /// When a line last went through, ms since the epoch.
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogEvery {
+    pub const fn new() -> LogEvery {
+        LogEvery {
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` if this line may be logged now.
+    pub fn allow(&self, every_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let last = self.last.load(Relaxed);
+        if now.saturating_sub(last) >= every_ms
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_every_lets_one_through_per_interval_and_counts_the_rest() {
+        let l = LogEvery::new();
+        assert_eq!(l.allow(60_000), Some(0));
+        assert_eq!(l.allow(60_000), None);
+        assert_eq!(l.allow(60_000), None);
+        assert_eq!(l.allow(0), Some(2));
+    }
 
     #[test]
     fn user_ids_have_one_set_of_rules() {

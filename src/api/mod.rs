@@ -162,10 +162,47 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
             Err(rejection) => Err(match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-                _ => ApiError::BadRequest(rejection.body_text()),
+                _ => ApiError::BadRequest(plain_json_error(&rejection.body_text())),
             }),
         }
     }
+}
+
+/// A JSON body's rejection in the API's words: where it failed and what was expected,
+/// with no Rust type names (`expected struct To` reads `expected an object`).
+fn plain_json_error(text: &str) -> String {
+    let (what, detail) = if let Some(d) =
+        text.strip_prefix("Failed to deserialize the JSON body into the target type: ")
+    {
+        ("invalid request", d)
+    } else if let Some(d) = text.strip_prefix("Failed to parse the request body as JSON: ") {
+        ("invalid JSON", d)
+    } else if let Some(d) = text.strip_prefix("Failed to buffer the request body: ") {
+        ("unreadable request body", d)
+    } else {
+        ("invalid request", text)
+    };
+    let mut d = detail.to_owned();
+    // `expected struct Name` → `expected an object`.
+    while let Some(at) = d.find("struct ") {
+        let name_len = d[at + 7..]
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(d.len() - at - 7);
+        d.replace_range(at..at + 7 + name_len, "an object");
+    }
+    for (rust, json) in [
+        ("a sequence", "an array"),
+        ("a map", "an object"),
+        ("u64", "a whole number"),
+        ("u32", "a whole number"),
+        ("usize", "a whole number"),
+        ("i64", "a whole number"),
+        ("a borrowed string", "a string"),
+        ("a boolean", "true or false"),
+    ] {
+        d = d.replace(&format!("expected {rust}"), &format!("expected {json}"));
+    }
+    format!("{what}: {d}")
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -178,11 +215,14 @@ fn check_key(keys: &[String], open: bool, headers: &HeaderMap) -> Result<(), Api
     if open && keys.is_empty() {
         return Ok(());
     }
-    let presented = headers
+    let Some(presented) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
+    else {
+        refused_key("no `Authorization: Bearer <key>` header");
+        return Err(ApiError::Unauthorized);
+    };
     // Compare every key in full so timing does not tell how much of a key matched.
     let mut ok = false;
     for k in keys.iter() {
@@ -191,7 +231,16 @@ fn check_key(keys: &[String], open: bool, headers: &HeaderMap) -> Result<(), Api
     if ok {
         Ok(())
     } else {
+        refused_key("the key is not one of api.keys");
         Err(ApiError::Unauthorized)
+    }
+}
+
+/// Logs a refused API call (never the key), at most once a second.
+fn refused_key(why: &'static str) {
+    static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
+    if let Some(held) = EVERY.allow(1000) {
+        tracing::warn!(reason = why, similar_since = held, "API call refused: 401");
     }
 }
 
@@ -479,4 +528,34 @@ fn error_response(e: ApiError) -> http::Response<Bytes> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Bytes::from(body.to_string()))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_json_error;
+
+    #[test]
+    fn json_errors_name_no_rust_types() {
+        let cases = [
+            (
+                "Failed to deserialize the JSON body into the target type: to: invalid type: integer `5`, expected struct To at line 1 column 7",
+                "invalid request: to: invalid type: integer `5`, expected an object at line 1 column 7",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: to.users: invalid type: string \"a\", expected a sequence at line 1 column 18",
+                "invalid request: to.users: invalid type: string \"a\", expected an array at line 1 column 18",
+            ),
+            (
+                "Failed to parse the request body as JSON: expected ident at line 1 column 2",
+                "invalid JSON: expected ident at line 1 column 2",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: upTo: invalid type: string \"x\", expected u64 at line 1 column 12",
+                "invalid request: upTo: invalid type: string \"x\", expected a whole number at line 1 column 12",
+            ),
+        ];
+        for (axum, ours) in cases {
+            assert_eq!(plain_json_error(axum), ours);
+        }
+    }
 }

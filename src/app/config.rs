@@ -272,14 +272,26 @@ impl Config {
 
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let addr: std::net::SocketAddr = self
-            .listen
-            .parse()
-            .with_context(|| format!("listen must be ADDRESS:PORT, got `{}`", self.listen))?;
-        if self.dev_auth && !addr.ip().is_loopback() {
-            bail!(
-                "dev-auth takes user ids unverified and is refused on the non-loopback address {addr}"
-            );
+        // A host name (`localhost:3000`) is resolved; development mode needs every
+        // address it names to be a loopback one.
+        let addrs: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&self.listen)
+                .with_context(|| {
+                    format!(
+                        "listen must be HOST:PORT or ADDRESS:PORT, got `{}`",
+                        self.listen
+                    )
+                })?
+                .collect();
+        if addrs.is_empty() {
+            bail!("listen `{}` names no address", self.listen);
+        }
+        if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            if self.dev_auth {
+                bail!(
+                    "dev-auth takes user ids unverified and is refused on the non-loopback address {addr}"
+                );
+            }
         }
         if !self.path.starts_with('/') || !self.path.ends_with('/') {
             bail!("path must start and end with `/`, got `{}`", self.path);

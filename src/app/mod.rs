@@ -47,6 +47,15 @@ impl Node {
                  every client will be refused; use --dev-auth to try herald locally"
             );
         }
+        if !config.auth.jwt_secret.is_empty() && config.auth.jwt_secret.len() < 16 {
+            tracing::warn!(
+                bytes = config.auth.jwt_secret.len(),
+                "auth.jwt_secret is shorter than 16 bytes: tokens signed with it can be forged by guessing it; use 32 random bytes or more"
+            );
+        }
+        if config.api.keys.iter().any(|k| k.len() < 16) {
+            tracing::warn!("an api.keys entry is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
+        }
         if config.api.keys.is_empty() && !config.dev_auth {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }

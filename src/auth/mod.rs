@@ -11,11 +11,13 @@ use crate::vocab::UserId;
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret for client tokens. Default: none.
+    /// Secret for HS256 (or HS384, HS512) client tokens. Default: none.
     pub jwt_secret: String,
     /// Path of a PEM public key for RS256 or ES256 tokens. Default: none.
     pub jwt_public_key_file: String,
-    /// `RS256` or `ES256` when a public key is given. Default `RS256`.
+    /// The algorithm tokens are signed with: `HS256` (the default with a secret), `HS384`
+    /// or `HS512` with `jwt_secret`; `RS256` (the default with a key) or `ES256` with
+    /// `jwt_public_key_file`. Default empty: the default for the key given.
     pub jwt_algorithm: String,
     /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 0.
     pub leeway_secs: u64,
@@ -50,8 +52,9 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
-    #[error("invalid token")]
-    Invalid,
+    /// Why, in a few words: `bad signature`, `no exp claim`, `not valid yet (nbf)`, …
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
     #[error("invalid user id")]
     BadUser,
     #[error("no authentication configured on this server")]
@@ -61,7 +64,7 @@ pub enum AuthError {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("auth.jwt_algorithm must be RS256 or ES256, got `{0}`")]
+    #[error("auth.jwt_algorithm must be HS256, HS384 or HS512 with auth.jwt_secret, RS256 or ES256 with auth.jwt_public_key_file; got `{0}`")]
     Algorithm(String),
     #[error("cannot read auth.jwt_public_key_file `{0}`: {1}")]
     KeyFile(String, std::io::Error),
@@ -85,10 +88,12 @@ pub struct Authenticator {
     mode: Mode,
 }
 
+/// The claims herald reads. Both are required by the validation (which names a missing
+/// one); optional here so that a missing one reaches it rather than failing to parse.
 #[derive(serde::Deserialize)]
 struct Claims {
-    sub: String,
-    exp: u64,
+    sub: Option<String>,
+    exp: Option<u64>,
 }
 
 /// Who a client is, and until when (Unix seconds; none in development mode).
@@ -112,7 +117,12 @@ impl Authenticator {
             (true, true) => return Ok(Authenticator { mode: Mode::None }),
             (false, true) => (
                 DecodingKey::from_secret(cfg.jwt_secret.as_bytes()),
-                Algorithm::HS256,
+                match cfg.jwt_algorithm.as_str() {
+                    "" | "HS256" => Algorithm::HS256,
+                    "HS384" => Algorithm::HS384,
+                    "HS512" => Algorithm::HS512,
+                    other => return Err(AuthConfigError::Algorithm(other.to_owned())),
+                },
             ),
             (true, false) => {
                 let path = &cfg.jwt_public_key_file;
@@ -180,20 +190,44 @@ impl Authenticator {
             }
             Mode::Jwt { key, validation } => {
                 let token = credential(hs, "token").ok_or(AuthError::Missing)?;
-                let data =
-                    jsonwebtoken::decode::<Claims>(&token, key, validation).map_err(|e| match e
-                        .kind()
-                    {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                        _ => AuthError::Invalid,
-                    })?;
+                let data = jsonwebtoken::decode::<Claims>(&token, key, validation)
+                    .map_err(|e| refusal(&token, e.kind()))?;
                 Ok(Identity {
-                    user: check_user(data.claims.sub)?,
-                    expires: Some(data.claims.exp),
+                    user: check_user(data.claims.sub.unwrap_or_default())?,
+                    expires: data.claims.exp,
                 })
             }
         }
     }
+}
+
+/// Why a token was refused, in words a developer can act on (never the token itself).
+fn refusal(token: &str, kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    let why = match kind {
+        K::ExpiredSignature => return AuthError::Expired,
+        _ if token.starts_with("Bearer ") || token.starts_with("bearer ") => {
+            "remove the `Bearer ` prefix: the token goes in as it is"
+        }
+        K::InvalidSignature => "bad signature",
+        K::InvalidAlgorithm => {
+            "signed with an algorithm this server does not accept (auth.jwt_algorithm)"
+        }
+        K::ImmatureSignature => "not valid yet (nbf)",
+        K::InvalidIssuer => "wrong issuer (iss)",
+        K::InvalidAudience => "wrong audience (aud)",
+        K::MissingRequiredClaim(c) => match c.as_str() {
+            "exp" => "no exp claim (tokens must expire)",
+            "sub" => "no sub claim (the user id)",
+            "iss" => "no iss claim",
+            "aud" => "no aud claim",
+            _ => "a required claim is missing",
+        },
+        K::Json(_) => "unreadable claims (sub must be a string, exp a number)",
+        K::InvalidToken | K::Base64(_) | K::Utf8(_) => "not a JWT",
+        _ => "refused",
+    };
+    AuthError::Invalid(why)
 }
 
 fn check_user(user: String) -> Result<String, AuthError> {
@@ -272,12 +306,18 @@ mod tests {
         let expired = format!("{{\"token\":\"{}\"}}", token("a", -120, "s3cret"));
         assert_eq!(a.user(&hs(Some(&expired), "")), Err(AuthError::Expired));
         let forged = format!("{{\"token\":\"{}\"}}", token("a", 60, "other"));
-        assert_eq!(a.user(&hs(Some(&forged), "")), Err(AuthError::Invalid));
+        assert_eq!(
+            a.user(&hs(Some(&forged), "")),
+            Err(AuthError::Invalid("bad signature"))
+        );
         assert_eq!(a.user(&hs(Some("{}"), "")), Err(AuthError::Missing));
         assert_eq!(
             a.user(&hs(Some("{\"token\":\"garbage\"}"), "")),
-            Err(AuthError::Invalid)
+            Err(AuthError::Invalid("not a JWT"))
         );
+        let bearer = format!("{{\"token\":\"Bearer {}\"}}", token("a", 60, "s3cret"));
+        let refused = a.user(&hs(Some(&bearer), "")).unwrap_err().to_string();
+        assert!(refused.contains("`Bearer ` prefix"), "{refused}");
         let empty_sub = format!("{{\"token\":\"{}\"}}", token("", 60, "s3cret"));
         assert_eq!(a.user(&hs(Some(&empty_sub), "")), Err(AuthError::BadUser));
     }
@@ -341,17 +381,86 @@ mod tests {
             serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "herald"}),
         );
         assert_eq!(strict.user(&hs(Some(&good), "")).unwrap(), "a");
-        for bad in [
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "herald"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "other"}),
-            serde_json::json!({"sub": "a", "exp": exp, "aud": "herald"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example"}),
+        for (bad, why) in [
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "herald"}),
+                "wrong issuer (iss)",
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "other"}),
+                "wrong audience (aud)",
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "herald"}),
+                "no iss claim",
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "iss": "https://id.example"}),
+                "no aud claim",
+            ),
         ] {
             assert_eq!(
                 strict.user(&hs(Some(&token_with(bad.clone())), "")),
-                Err(AuthError::Invalid),
+                Err(AuthError::Invalid(why)),
                 "{bad}"
             );
+        }
+        // What a developer gets wrong most, each named.
+        for (claims, why) in [
+            (
+                serde_json::json!({"sub": "a"}),
+                "no exp claim (tokens must expire)",
+            ),
+            (
+                serde_json::json!({"exp": exp}),
+                "no sub claim (the user id)",
+            ),
+            (
+                serde_json::json!({"sub": 5, "exp": exp}),
+                "unreadable claims (sub must be a string, exp a number)",
+            ),
+            (
+                serde_json::json!({"sub": "a", "exp": exp, "nbf": exp + 600}),
+                "not valid yet (nbf)",
+            ),
+        ] {
+            assert_eq!(
+                plain.user(&hs(Some(&token_with(claims.clone())), "")),
+                Err(AuthError::Invalid(why)),
+                "{claims}"
+            );
+        }
+        // Another algorithm than the configured one.
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &serde_json::json!({"sub": "a", "exp": exp}),
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        let auth = format!("{{\"token\":\"{hs512}\"}}");
+        assert_eq!(
+            plain.user(&hs(Some(&auth), "")),
+            Err(AuthError::Invalid(
+                "signed with an algorithm this server does not accept (auth.jwt_algorithm)"
+            ))
+        );
+        let accepting = Authenticator::new(
+            &AuthConfig {
+                jwt_secret: "s3cret".into(),
+                jwt_algorithm: "HS512".into(),
+                ..AuthConfig::default()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(accepting.user(&hs(Some(&auth), "")).unwrap(), "a");
+        for bad in ["HS1", "RS256"] {
+            let cfg = AuthConfig {
+                jwt_secret: "s3cret".into(),
+                jwt_algorithm: bad.into(),
+                ..AuthConfig::default()
+            };
+            assert!(Authenticator::new(&cfg, false).is_err(), "{bad}");
         }
     }
 }

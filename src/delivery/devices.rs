@@ -7,6 +7,14 @@ use super::{Delivery, Resume};
 use crate::auth::{Authenticator, OnExpiry};
 use crate::protocol::{Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket};
 
+/// Logs a refused connect with its reason (never a token), at most once a second.
+fn refused(reason: &str) {
+    static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
+    if let Some(held) = EVERY.allow(1000) {
+        tracing::warn!(reason, similar_since = held, "client connect refused");
+    }
+}
+
 /// Longest device id accepted.
 const MAX_DEVICE_ID: usize = 128;
 
@@ -124,15 +132,16 @@ fn shorten(s: &str) -> String {
 
 impl Handler for Devices {
     fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
-        let identity = self
-            .auth
-            .identify(hs)
-            .map_err(|e| ConnectError::new(format!("unauthorized: {e}")))?;
+        let identity = self.auth.identify(hs).map_err(|e| {
+            refused(&format!("unauthorized: {e}"));
+            ConnectError::new(format!("unauthorized: {e}"))
+        })?;
         let user = identity.user;
-        let (resume, device) = resume_of(hs)?;
-        self.delivery
-            .join(&user, socket, resume)
-            .map_err(|e| ConnectError::new(e.to_string()))?;
+        let (resume, device) = resume_of(hs).inspect_err(|e| refused(&e.message))?;
+        self.delivery.join(&user, socket, resume).map_err(|e| {
+            refused(&e.to_string());
+            ConnectError::new(e.to_string())
+        })?;
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
         if let (OnExpiry::Disconnect, leeway, Some(exp)) =
             (self.on_expiry.0, self.on_expiry.1, identity.expires)

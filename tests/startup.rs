@@ -1,0 +1,117 @@
+//! What the `herald` binary says at start about settings a person got wrong: refused
+//! with the setting named, or a warning that says what to do.
+
+use std::process::{Command, Stdio};
+
+fn herald(env: &[(&str, &str)], args: &[&str]) -> Command {
+    herald_at("127.0.0.1:0", env, args)
+}
+
+fn herald_at(listen: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.args(["serve", "--listen", listen])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("HERALD_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs herald until it prints its listening line (or exits); returns its stderr so far.
+fn started(mut c: Command) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "did not start: {line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+fn refused(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(!out.status.success(), "started anyway");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_invalid_log_filter_is_refused() {
+    let err = refused(herald(&[("HERALD_LOG", "debug=[")], &["--dev-auth"]));
+    assert!(
+        err.contains("HERALD_LOG=`debug=[` is not a log filter"),
+        "{err}"
+    );
+}
+
+#[test]
+fn weak_secrets_and_keys_are_warned_about() {
+    let err = started(herald(
+        &[
+            ("HERALD_AUTH_JWT_SECRET", "short"),
+            ("HERALD_API_KEYS", "k1"),
+            ("HERALD_LOG", "warn"),
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("auth.jwt_secret is shorter than 16 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("api.keys entry is shorter than 16 bytes"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("short\""),
+        "the secret itself is never logged: {err}"
+    );
+}
+
+#[test]
+fn jwt_algorithms_are_supported_or_refused_by_name() {
+    let ok = started(herald(
+        &[
+            ("HERALD_AUTH_JWT_SECRET", "a-secret-of-more-than-16-bytes"),
+            ("HERALD_AUTH_JWT_ALGORITHM", "HS512"),
+        ],
+        &[],
+    ));
+    assert!(!ok.contains("jwt_algorithm"), "{ok}");
+    for alg in ["HS1", "RS256"] {
+        let err = refused(herald(
+            &[
+                ("HERALD_AUTH_JWT_SECRET", "a-secret-of-more-than-16-bytes"),
+                ("HERALD_AUTH_JWT_ALGORITHM", alg),
+            ],
+            &[],
+        ));
+        assert!(
+            err.contains("auth.jwt_algorithm") && err.contains(alg),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_host_name_is_a_valid_listen_address() {
+    started(herald_at("localhost:0", &[], &["--dev-auth"]));
+}
