@@ -137,9 +137,68 @@ async fn unauthenticated_clients_are_refused_with_a_reason() {
     ws.send_text(r#"40{"token":"not.a.jwt"}"#).await;
     assert_eq!(
         ws.text().await,
-        r#"44{"message":"unauthorized: invalid token"}"#
+        r#"44{"message":"unauthorized: invalid token: not a JWT"}"#
     );
     assert_eq!(node.hub.users(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_get_broadcasts_only() {
+    let node = start(|c| {
+        c.dev_auth = false;
+        c.auth.jwt_secret = "a-secret-of-more-than-16-bytes".into();
+        c.auth.anonymous = true;
+        c.hub.max_connections_per_user = 1;
+    })
+    .await;
+    // No credentials at all: admitted, past the per-user limit, and told no inbox.
+    let mut anon = Ws::socketio(node.addr).await;
+    let mut second = Ws::socketio(node.addr).await;
+    assert_eq!(node.hub.anonymous(), 2);
+    assert_eq!(node.hub.users(), 0, "anonymous connections are no user");
+    // A bad token is still refused, not taken for anonymous.
+    let mut bad = Ws::connect(node.addr, "EIO=4&transport=websocket").await;
+    assert!(bad.text().await.starts_with("0{"));
+    bad.send_text(r#"40{"token":"not.a.jwt"}"#).await;
+    assert!(bad
+        .text()
+        .await
+        .starts_with(r#"44{"message":"unauthorized: invalid token"#));
+    // A broadcast reaches them; they have no inbox to read.
+    let news = herald::vocab::Message {
+        id: "n1".into(),
+        ts: 1,
+        event: "news".into(),
+        data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+        target: herald::vocab::Target::All,
+    };
+    assert_eq!(node.hub.deliver(&news).queued, 2);
+    for ws in [&mut anon, &mut second] {
+        assert!(ws.text().await.starts_with(r#"42["news",1,"#));
+    }
+    anon.send_text(r#"421["read",{"upTo":1}]"#).await;
+    assert_eq!(
+        anon.text().await,
+        r#"431[{"error":"an anonymous connection has no inbox"}]"#
+    );
+    drop((anon, second));
+    eventually("anonymous connections gone", || node.hub.anonymous() == 0).await;
+}
+
+#[tokio::test]
+async fn without_anonymous_no_credentials_is_refused() {
+    let node = start(|c| {
+        c.dev_auth = false;
+        c.auth.jwt_secret = "a-secret-of-more-than-16-bytes".into();
+    })
+    .await;
+    let mut ws = Ws::connect(node.addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    ws.send_text("40").await;
+    assert_eq!(
+        ws.text().await,
+        r#"44{"message":"unauthorized: missing token"}"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

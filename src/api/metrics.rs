@@ -33,6 +33,12 @@ pub(super) async fn metrics(
         state.hub.users() as u64,
     );
     line(
+        "anonymous_connections",
+        "Connections admitted without credentials (auth.anonymous): broadcasts only.",
+        "gauge",
+        state.hub.anonymous() as u64,
+    );
+    line(
         "sessions_opened_total",
         "Sessions opened.",
         "counter",

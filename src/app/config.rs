@@ -266,6 +266,8 @@ impl Config {
             config.store.data_dir = d.clone();
         }
         config.demo.enabled |= flags.demo;
+        // The demo's page, like the seed's, connects with no credentials at all.
+        config.auth.anonymous |= flags.demo;
         config.validate()?;
         Ok(config)
     }
@@ -378,6 +380,8 @@ impl Config {
             overflow: t.overflow,
             cors_origins: t.cors_origins.clone(),
             cors_credentials: t.cors_credentials,
+            // Development mode is refused off loopback (see `validate`).
+            cors_any_origin: self.dev_auth,
             max_header_bytes: t.max_header_bytes,
             request_timeout: Duration::from_millis(t.request_timeout_ms),
             keepalive_timeout: Duration::from_millis(t.keepalive_timeout_ms),

@@ -102,11 +102,14 @@ impl Node {
             delivery.clone(),
             store.clone(),
         ));
-        let devices = Arc::new(Devices::new(
-            auth,
-            (config.auth.on_expiry, config.auth.leeway_secs),
-            delivery.clone(),
-        ));
+        let devices = Arc::new(
+            Devices::new(
+                auth,
+                (config.auth.on_expiry, config.auth.leeway_secs),
+                delivery.clone(),
+            )
+            .with_anonymous(config.auth.anonymous),
+        );
         let sio = SocketIo::new(config.socketio()).namespace("/", devices as Arc<dyn Handler>);
         let engine = Engine::new(
             config.engine(),

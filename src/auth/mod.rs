@@ -28,6 +28,9 @@ pub struct AuthConfig {
     /// What happens to a connection whose token expires while it is connected. Default
     /// `keep`.
     pub on_expiry: OnExpiry,
+    /// Admit clients that show no credentials at all: they join no user's room and get
+    /// broadcasts only. Default false; on with `--demo`.
+    pub anonymous: bool,
 }
 
 /// What happens to a connection when its token expires.

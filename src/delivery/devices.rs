@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::{Delivery, Resume};
-use crate::auth::{Authenticator, OnExpiry};
+use crate::auth::{AuthError, Authenticator, OnExpiry};
+use crate::hub::ANONYMOUS;
 use crate::protocol::{Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket};
 
 /// Logs a refused connect with its reason (never a token), at most once a second.
@@ -49,9 +50,17 @@ pub struct Devices {
     /// What happens when a connected client's token expires, and the leeway on `exp`.
     on_expiry: (OnExpiry, u64),
     delivery: Arc<Delivery>,
+    /// Clients with no credentials are admitted, to broadcasts only (`auth.anonymous`).
+    anonymous: bool,
 }
 
 impl Devices {
+    /// Admits clients that show no credentials to broadcasts only.
+    pub fn with_anonymous(mut self, anonymous: bool) -> Devices {
+        self.anonymous = anonymous;
+        self
+    }
+
     pub fn new(
         auth: Authenticator,
         on_expiry: (OnExpiry, u64),
@@ -61,6 +70,7 @@ impl Devices {
             auth,
             on_expiry,
             delivery,
+            anonymous: false,
         }
     }
 }
@@ -132,10 +142,29 @@ fn shorten(s: &str) -> String {
 
 impl Handler for Devices {
     fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
-        let identity = self.auth.identify(hs).map_err(|e| {
-            refused(&format!("unauthorized: {e}"));
-            ConnectError::new(format!("unauthorized: {e}"))
-        })?;
+        let identity = match self.auth.identify(hs) {
+            Ok(identity) => identity,
+            Err(AuthError::Missing) if self.anonymous => {
+                // No credentials at all: broadcasts only, no inbox, no user room.
+                self.delivery
+                    .join(ANONYMOUS, socket, Resume::Live)
+                    .map_err(|e| {
+                        refused(&e.to_string());
+                        ConnectError::new(e.to_string())
+                    })?;
+                socket.set_data(Client {
+                    user: ANONYMOUS.into(),
+                    device: None,
+                    resume: Resume::Live,
+                    reads: parking_lot::Mutex::new(None),
+                });
+                return Ok(());
+            }
+            Err(e) => {
+                refused(&format!("unauthorized: {e}"));
+                return Err(ConnectError::new(format!("unauthorized: {e}")));
+            }
+        };
         let user = identity.user;
         let (resume, device) = resume_of(hs).inspect_err(|e| refused(&e.message))?;
         self.delivery.join(&user, socket, resume).map_err(|e| {
@@ -170,6 +199,9 @@ impl Handler for Devices {
         let Some(client) = socket.data::<Client>() else {
             return;
         };
+        if &*client.user == ANONYMOUS {
+            return;
+        }
         self.delivery.start(
             socket,
             &client.user,
@@ -185,6 +217,13 @@ impl Handler for Devices {
         let Some(client) = socket.data::<Client>() else {
             return;
         };
+        if &*client.user == ANONYMOUS {
+            if let Some(id) = event.ack {
+                let error = serde_json::json!({"error": "an anonymous connection has no inbox"});
+                let _ = socket.ack(id, &Args::one(&error));
+            }
+            return;
+        }
         let up_to = event
             .args
             .parse::<Vec<serde_json::Value>>()
@@ -249,7 +288,7 @@ impl Handler for Devices {
     }
 
     fn on_ack(&self, socket: &Socket, seq: u64, _args: Args) {
-        if let Some(client) = socket.data::<Client>() {
+        if let Some(client) = socket.data::<Client>().filter(|c| &*c.user != ANONYMOUS) {
             self.delivery
                 .ack(&client.user, socket, seq, client.device.as_deref());
         }

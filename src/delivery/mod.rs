@@ -188,16 +188,21 @@ impl Delivery {
     /// until its replay is done.
     pub fn join(&self, user: &str, socket: &Socket, resume: Resume) -> Result<usize, JoinError> {
         let here = self.hub.join(user, socket, resume != Resume::Live)?;
-        self.broker.hold(user, here);
-        self.presence_changed(user, here);
+        // Anonymous connections get broadcasts, which reach every node anyway.
+        if user != crate::hub::ANONYMOUS {
+            self.broker.hold(user, here);
+            self.presence_changed(user, here);
+        }
         Ok(here)
     }
 
     /// Takes a connection out of its user's room.
     pub fn leave(&self, user: &str, socket: &Socket) {
         let here = self.hub.leave(user, socket);
-        self.broker.hold(user, here);
-        self.presence_changed(user, here);
+        if user != crate::hub::ANONYMOUS {
+            self.broker.hold(user, here);
+            self.presence_changed(user, here);
+        }
     }
 
     /// Starts a joined connection: tells it where its inbox stands (`inbox`), then

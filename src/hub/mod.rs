@@ -49,6 +49,10 @@ impl Default for HubConfig {
     }
 }
 
+/// The room of anonymous connections: broadcasts reach it; no user push can, since no
+/// user id is empty.
+pub const ANONYMOUS: &str = "";
+
 /// The packets of a live message: `event(data, {id, ts})`, the same for everyone.
 pub fn encode_live(msg: &Message) -> Vec<Outbound> {
     let args = format!(
@@ -176,7 +180,7 @@ impl Hub {
         let member = Member::new(socket.clone(), resuming);
         let mut shard = self.shard(user).lock();
         if let Some(members) = shard.get_mut(user) {
-            if members.len() >= self.config.max_connections_per_user {
+            if members.len() >= self.config.max_connections_per_user && user != ANONYMOUS {
                 return Err(JoinError::TooManyConnections);
             }
             members.push(member);
@@ -251,7 +255,9 @@ impl Hub {
 
     /// Number of users with at least one connection.
     pub fn users(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        let rooms: usize = self.shards.iter().map(|s| s.lock().len()).sum();
+        // The anonymous connections' room is no user's.
+        rooms - usize::from(self.connections(ANONYMOUS) > 0)
     }
 
     /// Number of sockets in all rooms.
@@ -422,6 +428,11 @@ impl Hub {
                 &packets,
             )
         })
+    }
+
+    /// Anonymous connections (`auth.anonymous`) on this node.
+    pub fn anonymous(&self) -> usize {
+        self.connections(ANONYMOUS)
     }
 
     /// Sends one of herald's own events (`inbox`) to one connection; not a push, so not

@@ -52,6 +52,10 @@ pub struct EngineConfig {
     /// Whether `Access-Control-Allow-Credentials: true` is sent for a listed origin.
     /// Default false.
     pub cors_credentials: bool,
+    /// Development mode (loopback only): cross-origin polling from any origin, with
+    /// credentials, the `null` origin of a page opened from a file included. Default
+    /// false.
+    pub cors_any_origin: bool,
     /// Largest HTTP request head (request line plus headers). Default 16 KiB.
     pub max_header_bytes: usize,
     /// Time a client has to send a whole request head (from its first byte, or from the
@@ -97,6 +101,7 @@ impl Default for EngineConfig {
             overflow: OverflowPolicy::Disconnect,
             cors_origins: Vec::new(),
             cors_credentials: false,
+            cors_any_origin: false,
             max_header_bytes: 16 << 10,
             request_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
