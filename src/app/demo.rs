@@ -1,5 +1,8 @@
 //! The seed's demo: every second, event `hello` with two random whole numbers below 100
-//! to every connected client, and a page at `/demo` that shows them live.
+//! to every connected client, and a page at `/demo` that shows them live, and what herald
+//! adds: the demo user's inbox (stored messages with their seq, an unread badge kept in
+//! step across tabs), a box that pushes to that user through the API, and the same push
+//! as a curl line.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,37 +111,143 @@ pub(crate) fn routes(cfg: &DemoSection) -> anyhow::Result<axum::Router> {
         .route("/demo/socket.io.js", get(lib)))
 }
 
-const PAGE: &str = r#"<!doctype html>
+const PAGE: &str = r##"<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>herald demo</title>
 <style>
-  body { font-family: system-ui, sans-serif; margin: 3rem; }
-  #xy { font-size: 3rem; font-variant-numeric: tabular-nums; }
+  body { font-family: system-ui, sans-serif; margin: 2rem 3rem; max-width: 48rem; }
+  #xy { font-size: 3rem; font-variant-numeric: tabular-nums; margin: .5rem 0; }
   #status { color: #666; }
+  #status.problem { color: #b00; }
+  h2 { margin-top: 2rem; }
+  #badge { display: inline-block; min-width: 1.5rem; padding: 0 .4rem; border-radius: 1rem;
+           background: #d33; color: #fff; text-align: center; font-size: .9rem; }
+  #badge.zero { background: #aaa; }
+  #messages { list-style: none; padding: 0; }
+  #messages li { padding: .3rem 0; border-bottom: 1px solid #eee; }
+  #messages li.unread { font-weight: bold; }
+  #messages .seq { color: #888; font-variant-numeric: tabular-nums; margin-right: .5rem; }
+  code { background: #f4f4f4; padding: .1rem .3rem; word-break: break-all; }
 </style>
 </head>
 <body>
 <h1>herald demo</h1>
-<p id="status">connecting…</p>
+<p id="status">loading the Socket.IO client…</p>
+<p>The seed's live feed, <code>hello</code> to everyone every second:</p>
 <p id="xy">x=.., y=..</p>
-<script src="{{CLIENT_SRC}}"></script>
+
+<h2>The inbox of <span id="user">…</span> <span id="badge" class="zero">0</span></h2>
+<p>Messages to this user are stored, numbered (seq), and shown here once, in order, also
+after a reload. Open this page in a second tab: it is the same user, and reading in one
+tab clears the badge in the other.</p>
+<form id="send">
+  <input id="text" placeholder="a message to this user" autocomplete="off">
+  <button>Push</button>
+  <button type="button" id="read">Mark all read</button>
+</form>
+<p>Or from a terminal: <code id="curl"></code></p>
+<ul id="messages"></ul>
+
+<script src="{{CLIENT_SRC}}" onerror="window.__clientFailed = true"></script>
 <script>
 (function () {
-  // Development mode takes a user id unverified; a real page passes a JWT as auth.token.
-  var userId = "demo-" + Math.random().toString(36).slice(2, 10);
-  var socket = io(location.origin, { auth: { userId: userId }, query: { userId: userId } });
   var statusLine = document.getElementById("status");
-  socket.on("connect", function () { statusLine.textContent = "connected as " + userId; });
-  socket.on("disconnect", function () { statusLine.textContent = "disconnected"; });
-  socket.on("connect_error", function (e) { statusLine.textContent = "error: " + e.message; });
-  socket.on("error", function (e) { statusLine.textContent = "error: " + e; });
+  function problem(text) { statusLine.textContent = text; statusLine.className = "problem"; }
+  if (typeof io === "undefined") {
+    problem("The Socket.IO client could not be loaded from {{CLIENT_SRC}}" +
+      " (offline?). Start herald with [demo] client_v4 (and client_v2) naming local copies," +
+      " e.g. HERALD_DEMO_CLIENT_V4=node_modules/socket.io-client/dist/socket.io.min.js.");
+    return;
+  }
+  // One demo user per browser, shared by its tabs. Development mode takes the user id
+  // unverified; a real page passes a JWT as auth.token.
+  var userId = localStorage.getItem("herald-demo-user");
+  if (!userId) {
+    userId = "demo-" + Math.random().toString(36).slice(2, 10);
+    localStorage.setItem("herald-demo-user", userId);
+  }
+  var seqKey = "herald-demo-seq:" + userId;
+  var shown = [];
+  var lastSeq = 0, readUpTo = 0;
+  document.getElementById("user").textContent = userId;
+  document.getElementById("curl").textContent = "curl -s " + location.origin +
+    "/api/v1/push -H 'Content-Type: application/json' -d '{\"to\":{\"users\":[\"" + userId +
+    "\"]},\"event\":\"note\",\"data\":{\"text\":\"hi from curl\"}}'";
+
+  function badge() {
+    var unread = shown.filter(function (m) { return m.seq > readUpTo; }).length;
+    var b = document.getElementById("badge");
+    b.textContent = String(Math.max(unread, lastSeq - readUpTo, 0));
+    b.className = b.textContent === "0" ? "zero" : "";
+    var items = document.querySelectorAll("#messages li");
+    for (var i = 0; i < items.length; i++) {
+      items[i].className = Number(items[i].dataset.seq) > readUpTo ? "unread" : "";
+    }
+  }
+  function show(seq, data) {
+    if (shown.some(function (m) { return m.seq === seq; })) return;
+    shown.push({ seq: seq });
+    var li = document.createElement("li");
+    li.dataset.seq = String(seq);
+    var s = document.createElement("span");
+    s.className = "seq";
+    s.textContent = "#" + seq;
+    li.appendChild(s);
+    li.appendChild(document.createTextNode(data && data.text !== undefined ? String(data.text) : JSON.stringify(data)));
+    var list = document.getElementById("messages");
+    list.insertBefore(li, list.firstChild);
+    if (seq > lastSeq) lastSeq = seq;
+  }
+
+  // Replay the last 50 stored messages on every (re)connect; the page keeps nothing else.
+  var since = function () { return Math.max(0, Number(localStorage.getItem(seqKey) || 0) - 50); };
+  var socket = io(location.origin, {
+    auth: function (cb) { cb({ userId: userId, since: since() }); },
+    query: { userId: userId, since: String(since()) }
+  });
+  socket.on("connect", function () { statusLine.textContent = "connected as " + userId; statusLine.className = ""; });
+  socket.on("disconnect", function () { statusLine.textContent = "disconnected; reconnecting…"; });
+  socket.on("connect_error", function (e) { problem("cannot connect: " + e.message); });
+  socket.on("error", function (e) { problem("error: " + e); });
   socket.on("hello", function (data) {
     document.getElementById("xy").textContent = "x=" + data.x + ", y=" + data.y;
+  });
+  socket.on("inbox", function (state) {
+    lastSeq = Math.max(lastSeq, state.lastSeq);
+    readUpTo = state.readUpTo;
+    badge();
+  });
+  socket.on("read", function (r) { readUpTo = Math.max(readUpTo, r.upTo); badge(); });
+  socket.on("note", function (data, meta, ack) {
+    if (meta && meta.seq) {
+      show(meta.seq, data);
+      localStorage.setItem(seqKey, String(lastSeq));
+      badge();
+    }
+    if (typeof ack === "function") ack();
+  });
+
+  document.getElementById("send").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var text = document.getElementById("text").value || "hello from the page";
+    fetch("/api/v1/push", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ to: { users: [userId] }, event: "note", data: { text: text } })
+    }).then(function (r) {
+      if (!r.ok) return r.json().then(function (b) { problem("push refused: " + b.error.message); });
+      document.getElementById("text").value = "";
+    });
+  });
+  document.getElementById("read").addEventListener("click", function () {
+    socket.emit("read", { upTo: lastSeq }, function (r) {
+      if (r && r.upTo !== undefined) { readUpTo = Math.max(readUpTo, r.upTo); badge(); }
+    });
   });
 })();
 </script>
 </body>
 </html>
-"#;
+"##;

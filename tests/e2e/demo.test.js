@@ -168,4 +168,78 @@ describe("demo page in Chromium", () => {
       }
     });
   }
+
+  it("shows the demo user's inbox, pushes to it, and keeps two tabs' badges in step", TEST, async () => {
+    const context = await browser.newContext();
+    try {
+      const origin = new URL(server.url).origin;
+      await context.route("**/*", (route) =>
+        new URL(route.request().url()).origin === origin ? route.continue() : route.abort(),
+      );
+      const [one, two] = [await context.newPage(), await context.newPage()];
+      for (const p of [one, two]) {
+        await p.goto(`${server.url}/demo`, { waitUntil: "load" });
+        await waitUntil("connected", () => p.locator("#status").textContent(), (t) => t?.startsWith("connected as"), {
+          ms: 10_000,
+          intervalMs: 100,
+        });
+      }
+      // One browser, one demo user: both tabs.
+      const user = await one.locator("#user").textContent();
+      assert.equal(await two.locator("#user").textContent(), user);
+      const items = (p) => p.locator("#messages li").allTextContents();
+      const badge = (p) => p.locator("#badge").textContent();
+      // The page's own push box.
+      await one.locator("#text").fill("first");
+      await one.locator("#send button").first().click();
+      for (const p of [one, two]) {
+        await waitUntil("the first message", () => items(p), (l) => l.length === 1 && l[0] === "#1first", {
+          ms: 10_000,
+          intervalMs: 100,
+        });
+        assert.equal(await badge(p), "1");
+      }
+      // The curl line the page shows pushes to the same user.
+      const curl = await one.locator("#curl").textContent();
+      assert.ok(curl.includes(`"users":["${user}"]`), curl);
+      const res = await server.api("POST", "/api/v1/push", { to: { users: [user] }, event: "note", data: { text: "second" } });
+      assert.equal(res.status, 200, res.text);
+      for (const p of [one, two]) {
+        await waitUntil("the second message", () => items(p), (l) => l[0] === "#2second", { ms: 10_000, intervalMs: 100 });
+        assert.equal(await badge(p), "2");
+      }
+      // Read in one tab: the other's badge follows.
+      await one.locator("#read").click();
+      await waitUntil("the other tab's badge", () => badge(two), (b) => b === "0", { ms: 10_000, intervalMs: 100 });
+      // A reload shows the same messages again, once each.
+      await two.reload({ waitUntil: "load" });
+      await waitUntil("the inbox after a reload", () => items(two), (l) => l.join("|") === "#2second|#1first", {
+        ms: 10_000,
+        intervalMs: 100,
+      });
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("says so plainly when the Socket.IO client cannot be loaded", TEST, async () => {
+    // No demo.client_* configured: the page would load the client from a CDN, which is
+    // out of reach here.
+    const bare = await startHerald({ demo: true, devAuth: true });
+    const context = await browser.newContext();
+    try {
+      const origin = new URL(bare.url).origin;
+      await context.route("**/*", (route) =>
+        new URL(route.request().url()).origin === origin ? route.continue() : route.abort(),
+      );
+      const page = await context.newPage();
+      await page.goto(`${bare.url}/demo`, { waitUntil: "load" });
+      const status = await page.locator("#status").textContent();
+      assert.match(status, /could not be loaded/);
+      assert.match(status, /client_v4/);
+    } finally {
+      await context.close();
+      await bare.stop();
+    }
+  });
 });
