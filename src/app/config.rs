@@ -178,6 +178,10 @@ pub struct DemoSection {
     /// File served as the socket.io-client 2.x library (`/demo?client=2`). Default: none,
     /// the page loads it from a CDN.
     pub client_v2: String,
+    /// herald-client's browser bundle (`clients/js/dist/herald-client.browser.js`, made
+    /// by `npm run build` in `clients/js`): the page's inbox then runs on it. Default:
+    /// none, the page uses socket.io-client alone.
+    pub client_herald: String,
 }
 
 /// The whole configuration.

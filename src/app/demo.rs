@@ -72,7 +72,8 @@ pub(crate) fn routes(cfg: &DemoSection) -> anyhow::Result<axum::Router> {
     };
     let v4 = load(&cfg.client_v4)?;
     let v2 = load(&cfg.client_v2)?;
-    let (has_v4, has_v2) = (v4.is_some(), v2.is_some());
+    let herald = load(&cfg.client_herald)?;
+    let (has_v4, has_v2, has_herald) = (v4.is_some(), v2.is_some(), herald.is_some());
     let page = move |Query(q): Query<PageQuery>| async move {
         let two = q.client.as_deref() == Some("2");
         let src = match (two, has_v2, has_v4) {
@@ -81,34 +82,50 @@ pub(crate) fn routes(cfg: &DemoSection) -> anyhow::Result<axum::Router> {
             (false, _, true) => "/demo/socket.io.js?v=4",
             (false, _, false) => CDN_V4,
         };
-        Html(PAGE.replace("{{CLIENT_SRC}}", src))
+        // herald-client is built on socket.io-client 4.x: not for the 2.x page.
+        let herald_src = if has_herald && !two {
+            "/demo/herald-client.js"
+        } else {
+            ""
+        };
+        Html(
+            PAGE.replace("{{CLIENT_SRC}}", src)
+                .replace("{{HERALD_SRC}}", herald_src),
+        )
+    };
+    let herald_lib = move || {
+        let body = herald.clone();
+        async move { script(body) }
     };
     let lib = move |Query(q): Query<LibQuery>| {
-        let body = if q.v.as_deref() == Some("2") {
-            v2.clone()
-        } else {
-            v4.clone()
+        let body = match q.v.as_deref() {
+            Some("2") => v2.clone(),
+            _ => v4.clone(),
         };
-        async move {
-            match body {
-                Some(b) => (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/javascript; charset=utf-8",
-                    )],
-                    b,
-                )
-                    .into_response(),
-                None => Response::builder()
-                    .status(404)
-                    .body(axum::body::Body::from("not configured"))
-                    .unwrap_or_default(),
-            }
-        }
+        async move { script(body) }
     };
     Ok(axum::Router::new()
         .route("/demo", get(page))
-        .route("/demo/socket.io.js", get(lib)))
+        .route("/demo/socket.io.js", get(lib))
+        .route("/demo/herald-client.js", get(herald_lib)))
+}
+
+/// A configured script, or 404 when it is not.
+fn script(body: Option<Bytes>) -> Response {
+    match body {
+        Some(b) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            )],
+            b,
+        )
+            .into_response(),
+        None => Response::builder()
+            .status(404)
+            .body(axum::body::Body::from("not configured"))
+            .unwrap_or_default(),
+    }
 }
 
 const PAGE: &str = r##"<!doctype html>
@@ -150,12 +167,16 @@ tab clears the badge in the other.</p>
 <p>Or from a terminal: <code id="curl"></code></p>
 <ul id="messages"></ul>
 
-<script src="{{CLIENT_SRC}}" onerror="window.__clientFailed = true"></script>
+<script src="{{CLIENT_SRC}}"></script>
+<script>
+  // herald-client, when the server has its bundle (demo.client_herald).
+  if ("{{HERALD_SRC}}") document.write('<script src="{{HERALD_SRC}}"><\/script>');
+</script>
 <script>
 (function () {
   var statusLine = document.getElementById("status");
   function problem(text) { statusLine.textContent = text; statusLine.className = "problem"; }
-  if (typeof io === "undefined") {
+  if (typeof io === "undefined" && !(window.Herald && window.Herald.HeraldClient)) {
     problem("The Socket.IO client could not be loaded from {{CLIENT_SRC}}" +
       " (offline?). Start herald with [demo] client_v4 (and client_v2) naming local copies," +
       " e.g. HERALD_DEMO_CLIENT_V4=node_modules/socket.io-client/dist/socket.io.min.js.");
@@ -196,24 +217,76 @@ tab clears the badge in the other.</p>
     s.textContent = "#" + seq;
     li.appendChild(s);
     li.appendChild(document.createTextNode(data && data.text !== undefined ? String(data.text) : JSON.stringify(data)));
+    // Newest first, wherever it comes from (live, a replay, the inbox API).
     var list = document.getElementById("messages");
-    list.insertBefore(li, list.firstChild);
+    var before = null;
+    for (var i = 0; i < list.children.length; i++) {
+      if (Number(list.children[i].dataset.seq) < seq) { before = list.children[i]; break; }
+    }
+    list.insertBefore(li, before);
     if (seq > lastSeq) lastSeq = seq;
   }
 
-  // Replay the last 50 stored messages on every (re)connect; the page keeps nothing else.
+  function hello(data) {
+    document.getElementById("xy").textContent = "x=" + data.x + ", y=" + data.y;
+  }
+  function connected() { statusLine.textContent = "connected as " + userId; statusLine.className = ""; }
+
+  if (window.Herald && window.Herald.HeraldClient) {
+    // With herald-client: it keeps this tab's position, drops duplicates, acks each
+    // message once shown, and keeps the badge.
+    var tab = sessionStorage.getItem("herald-demo-tab");
+    if (!tab) {
+      tab = Math.random().toString(36).slice(2, 8);
+      sessionStorage.setItem("herald-demo-tab", tab);
+    }
+    var client = new Herald.HeraldClient(location.origin, {
+      userId: userId, deviceId: "demo-tab-" + tab, storage: localStorage
+    });
+    client.on("connect", connected);
+    client.on("disconnect", function () { statusLine.textContent = "disconnected; reconnecting…"; });
+    client.on("error", function (e) { problem("error: " + e.message); });
+    client.on("message", function (m) {
+      if (m.event === "hello") return hello(m.data);
+      if (m.seq) { show(m.seq, m.data); badge(); }
+    });
+    client.on("unread", function (u) {
+      lastSeq = Math.max(lastSeq, u.lastSeq);
+      readUpTo = u.readUpTo;
+      badge();
+    });
+    document.getElementById("read").addEventListener("click", function () {
+      client.read(lastSeq).then(function (upTo) { readUpTo = Math.max(readUpTo, upTo); badge(); });
+    });
+    statusLine.dataset.client = "herald-client";
+    // What this tab handled before a reload is not delivered again: the last 50 stored
+    // messages come from the inbox API (open in development mode).
+    fetch("/api/v1/users/" + encodeURIComponent(userId) + "/unread").then(function (r) { return r.json(); })
+      .then(function (u) {
+        var after = Math.max(0, u.lastSeq - 50);
+        return fetch("/api/v1/users/" + encodeURIComponent(userId) + "/messages?after=" + after + "&limit=50");
+      })
+      .then(function (r) { return r.json(); })
+      .then(function (page) {
+        (page.messages || []).forEach(function (m) { if (m.event === "note") show(m.seq, m.data); });
+        badge();
+      })
+      .catch(function () {});
+    return pushBox();
+  }
+
+  // With socket.io-client alone. Replay the last 50 stored messages on every
+  // (re)connect; the page keeps nothing else.
   var since = function () { return Math.max(0, Number(localStorage.getItem(seqKey) || 0) - 50); };
   var socket = io(location.origin, {
     auth: function (cb) { cb({ userId: userId, since: since() }); },
     query: { userId: userId, since: String(since()) }
   });
-  socket.on("connect", function () { statusLine.textContent = "connected as " + userId; statusLine.className = ""; });
+  socket.on("connect", connected);
   socket.on("disconnect", function () { statusLine.textContent = "disconnected; reconnecting…"; });
   socket.on("connect_error", function (e) { problem("cannot connect: " + e.message); });
   socket.on("error", function (e) { problem("error: " + e); });
-  socket.on("hello", function (data) {
-    document.getElementById("xy").textContent = "x=" + data.x + ", y=" + data.y;
-  });
+  socket.on("hello", hello);
   socket.on("inbox", function (state) {
     lastSeq = Math.max(lastSeq, state.lastSeq);
     readUpTo = state.readUpTo;
@@ -229,6 +302,15 @@ tab clears the badge in the other.</p>
     if (typeof ack === "function") ack();
   });
 
+  document.getElementById("read").addEventListener("click", function () {
+    socket.emit("read", { upTo: lastSeq }, function (r) {
+      if (r && r.upTo !== undefined) { readUpTo = Math.max(readUpTo, r.upTo); badge(); }
+    });
+  });
+  statusLine.dataset.client = "socket.io-client";
+  pushBox();
+
+  function pushBox() {
   document.getElementById("send").addEventListener("submit", function (e) {
     e.preventDefault();
     var text = document.getElementById("text").value || "hello from the page";
@@ -241,11 +323,7 @@ tab clears the badge in the other.</p>
       document.getElementById("text").value = "";
     });
   });
-  document.getElementById("read").addEventListener("click", function () {
-    socket.emit("read", { upTo: lastSeq }, function (r) {
-      if (r && r.upTo !== undefined) { readUpTo = Math.max(readUpTo, r.upTo); badge(); }
-    });
-  });
+  }
 })();
 </script>
 </body>

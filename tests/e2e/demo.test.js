@@ -42,6 +42,9 @@ function bundle(pkg, file) {
 }
 const CLIENT_V4 = bundle("socket.io-client", "socket.io.min.js");
 const CLIENT_V2 = bundle("socket.io-client-v2", "socket.io.js");
+// herald-client's browser bundle, built by clients/js/test/run.sh (or `node build.mjs`).
+const CLIENT_HERALD = join(HERE, "..", "..", "clients", "js", "dist", "herald-client.browser.js");
+assert.ok(existsSync(CLIENT_HERALD), `missing ${CLIENT_HERALD}; build it: cd clients/js && npm ci && node build.mjs`);
 
 let server;
 let browser;
@@ -51,7 +54,11 @@ before(async () => {
   server = await startHerald({
     demo: true,
     devAuth: true,
-    env: { HERALD_DEMO_CLIENT_V4: CLIENT_V4, HERALD_DEMO_CLIENT_V2: CLIENT_V2 },
+    env: {
+      HERALD_DEMO_CLIENT_V4: CLIENT_V4,
+      HERALD_DEMO_CLIENT_V2: CLIENT_V2,
+      HERALD_DEMO_CLIENT_HERALD: CLIENT_HERALD,
+    },
   });
 });
 
@@ -184,6 +191,8 @@ describe("demo page in Chromium", () => {
           intervalMs: 100,
         });
       }
+      // The inbox runs on herald-client.
+      assert.equal(await one.locator("#status").getAttribute("data-client"), "herald-client");
       // One browser, one demo user: both tabs.
       const user = await one.locator("#user").textContent();
       assert.equal(await two.locator("#user").textContent(), user);
