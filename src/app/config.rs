@@ -384,8 +384,9 @@ impl Config {
             overflow: t.overflow,
             cors_origins: t.cors_origins.clone(),
             cors_credentials: t.cors_credentials,
-            // Development mode is refused off loopback (see `validate`).
-            cors_any_origin: self.dev_auth,
+            // Development mode is refused off loopback (see `validate`); an allow-list
+            // configured even then is kept.
+            cors_any_origin: self.dev_auth && t.cors_origins.is_empty(),
             max_header_bytes: t.max_header_bytes,
             request_timeout: Duration::from_millis(t.request_timeout_ms),
             keepalive_timeout: Duration::from_millis(t.keepalive_timeout_ms),
