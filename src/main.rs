@@ -6,11 +6,33 @@ use herald::app::{self, config::Cli, config::Command, config::Config};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// A log filter, refusing what would parse but log nothing a person meant: a bare word
+/// that is neither a level nor one of herald's targets (`warning`, `herald:debug`).
+fn log_filter(v: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains('=') && !d.contains('[');
+        let known = LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l))
+            || d == "herald"
+            || d.starts_with("herald::");
+        if bare && !known {
+            return Err(format!(
+                "`{d}` is neither a level ({}) nor TARGET=LEVEL",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(v)
+        .map_err(|e| e.to_string())
+}
+
 fn main() {
     let cli = Cli::parse();
     // An invalid HERALD_LOG is refused rather than quietly ignored.
     let filter = match std::env::var("HERALD_LOG") {
-        Ok(v) => match tracing_subscriber::EnvFilter::builder().parse(&v) {
+        Ok(v) if v.trim().is_empty() => "info".into(),
+        Ok(v) => match log_filter(&v) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("herald: HERALD_LOG=`{v}` is not a log filter ({e}); use e.g. `info`, `debug` or `herald=debug,warn`");

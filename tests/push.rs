@@ -132,7 +132,7 @@ async fn unauthenticated_clients_are_refused_with_a_reason() {
     ws.send_text(r#"40{"userId":"mallory"}"#).await;
     assert_eq!(
         ws.text().await,
-        r#"44{"message":"unauthorized: missing token"}"#
+        r#"44{"message":"unauthorized: missing token (userId is taken only in development mode, --dev-auth)"}"#
     );
     ws.send_text(r#"40{"token":"not.a.jwt"}"#).await;
     assert_eq!(
@@ -324,4 +324,38 @@ async fn a_push_accepted_after_a_broadcast_never_overtakes_it() {
         };
         assert_eq!(got, format!(r#"42["e",{n},{{"id":"m{n}","ts":1}}]"#));
     }
+}
+
+#[tokio::test]
+async fn api_bodies_are_objects_and_the_key_scheme_takes_any_case() {
+    let node = start(|c| {
+        c.dev_auth = false;
+        c.auth.jwt_secret = "a-secret-of-more-than-16-bytes".into();
+        c.api.keys = vec!["k-0123456789abcdef".into()];
+    })
+    .await;
+    let call = |auth: &'static str, body: &'static str| {
+        let req = format!(
+            "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        async move { http(node.addr, req.as_bytes()).await }
+    };
+    // A struct written as an array of its fields would deserialize; it is refused.
+    let (status, body) = call(
+        "Bearer k-0123456789abcdef",
+        r#"[{"users":["arr"]},"e",{"x":1},false,null]"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("the request body must be a JSON object"),
+        "{body}"
+    );
+    let (status, body) = call(
+        "bearer k-0123456789abcdef",
+        r#"{"to":{"users":["ok"]},"event":"e","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -157,6 +157,22 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // serde would also take a struct written as an array of its fields: the API
+        // takes objects only.
+        let (parts, body) = req.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("unreadable request body: {e}")))?
+            .to_bytes();
+        if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            if *first != b'{' {
+                return Err(ApiError::BadRequest(
+                    "the request body must be a JSON object".into(),
+                ));
+            }
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(match rejection.status() {
@@ -218,7 +234,11 @@ fn check_key(keys: &[String], open: bool, headers: &HeaderMap) -> Result<(), Api
     let Some(presented) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110).
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key)
+        })
     else {
         refused_key("no `Authorization: Bearer <key>` header");
         return Err(ApiError::Unauthorized);

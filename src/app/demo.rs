@@ -159,7 +159,7 @@ const PAGE: &str = r##"<!doctype html>
 <p>Messages to this user are stored, numbered (seq), and shown here once, in order, also
 after a reload. Open this page in a second tab: it is the same user, and reading in one
 tab clears the badge in the other.</p>
-<form id="send">
+<form id="send" onsubmit="return false">
   <input id="text" placeholder="a message to this user" autocomplete="off">
   <button>Push</button>
   <button type="button" id="read">Mark all read</button>
@@ -178,8 +178,9 @@ tab clears the badge in the other.</p>
   function problem(text) { statusLine.textContent = text; statusLine.className = "problem"; }
   if (typeof io === "undefined" && !(window.Herald && window.Herald.HeraldClient)) {
     problem("The Socket.IO client could not be loaded from {{CLIENT_SRC}}" +
-      " (offline?). Start herald with [demo] client_v4 (and client_v2) naming local copies," +
-      " e.g. HERALD_DEMO_CLIENT_V4=node_modules/socket.io-client/dist/socket.io.min.js.");
+      " (offline?). Start herald with [demo] client_v4 (and client_v2 for ?client=2) naming" +
+      " local copies, e.g. HERALD_DEMO_CLIENT_V4=node_modules/socket.io-client/dist/socket.io.min.js" +
+      " and HERALD_DEMO_CLIENT_V2=node_modules/socket.io-client-v2/dist/socket.io.js.");
     return;
   }
   // One demo user per browser, shared by its tabs. Development mode takes the user id
@@ -268,7 +269,7 @@ tab clears the badge in the other.</p>
       })
       .then(function (r) { return r.json(); })
       .then(function (page) {
-        (page.messages || []).forEach(function (m) { if (m.event === "note") show(m.seq, m.data); });
+        (page.messages || []).forEach(function (m) { show(m.seq, m.data); });
         badge();
       })
       .catch(function () {});
@@ -293,14 +294,23 @@ tab clears the badge in the other.</p>
     badge();
   });
   socket.on("read", function (r) { readUpTo = Math.max(readUpTo, r.upTo); badge(); });
-  socket.on("note", function (data, meta, ack) {
+  // Every stored message, whatever its event (socket.io-client 4.x sees them all; 2.x,
+  // which has no onAny, the page's own `note`s).
+  function stored(data, meta, ack) {
     if (meta && meta.seq) {
       show(meta.seq, data);
       localStorage.setItem(seqKey, String(lastSeq));
       badge();
     }
     if (typeof ack === "function") ack();
-  });
+  }
+  if (socket.onAny) {
+    socket.onAny(function (event, data, meta, ack) {
+      if (event !== "hello" && event !== "inbox" && event !== "read") stored(data, meta, ack);
+    });
+  } else {
+    socket.on("note", stored);
+  }
 
   document.getElementById("read").addEventListener("click", function () {
     socket.emit("read", { upTo: lastSeq }, function (r) {

@@ -56,6 +56,11 @@ impl Node {
         if config.api.keys.iter().any(|k| k.len() < 16) {
             tracing::warn!("an api.keys entry is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
         }
+        if config.demo.enabled && !config.dev_auth {
+            tracing::warn!(
+                "the demo page's inbox needs --dev-auth (the page names its user unverified); without it the page connects anonymously and gets the x, y feed only"
+            );
+        }
         if config.api.keys.is_empty() && !config.dev_auth {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }

@@ -53,6 +53,8 @@ pub enum OnExpiry {
 pub enum AuthError {
     #[error("missing token")]
     Missing,
+    #[error("missing token (userId is taken only in development mode, --dev-auth)")]
+    UserIdWithoutDev,
     #[error("token expired")]
     Expired,
     /// Why, in a few words: `bad signature`, `no exp claim`, `not valid yet (nbf)`, …
@@ -192,7 +194,13 @@ impl Authenticator {
                 })
             }
             Mode::Jwt { key, validation } => {
-                let token = credential(hs, "token").ok_or(AuthError::Missing)?;
+                let Some(token) = credential(hs, "token").filter(|t| !t.is_empty()) else {
+                    return Err(if credential(hs, "userId").is_some() {
+                        AuthError::UserIdWithoutDev
+                    } else {
+                        AuthError::Missing
+                    });
+                };
                 let data = jsonwebtoken::decode::<Claims>(&token, key, validation)
                     .map_err(|e| refusal(&token, e.kind()))?;
                 Ok(Identity {

@@ -8,6 +8,15 @@ use crate::auth::{AuthError, Authenticator, OnExpiry};
 use crate::hub::ANONYMOUS;
 use crate::protocol::{Args, ConnectError, DisconnectReason, Event, Handler, Handshake, Socket};
 
+/// Whether the handshake carries a credential field (`token` or `userId`), even empty.
+fn shows_credentials(hs: &Handshake<'_>) -> bool {
+    let in_auth = hs.auth.is_some_and(|a| {
+        serde_json::from_str::<serde_json::Value>(a)
+            .is_ok_and(|v| v.get("token").is_some() || v.get("userId").is_some())
+    });
+    in_auth || hs.query_param("token").is_some() || hs.query_param("userId").is_some()
+}
+
 /// Logs a refused connect with its reason (never a token), at most once a second.
 fn refused(reason: &str) {
     static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
@@ -144,7 +153,9 @@ impl Handler for Devices {
     fn authorize(&self, socket: &Socket, hs: &Handshake<'_>) -> Result<(), ConnectError> {
         let identity = match self.auth.identify(hs) {
             Ok(identity) => identity,
-            Err(AuthError::Missing) if self.anonymous => {
+            // Anonymous only with no credential at all: an empty token, or a userId
+            // outside development mode, is a client that meant to sign in.
+            Err(AuthError::Missing) if self.anonymous && !shows_credentials(hs) => {
                 // No credentials at all: broadcasts only, no inbox, no user room.
                 self.delivery
                     .join(ANONYMOUS, socket, Resume::Live)
