@@ -54,6 +54,19 @@ fn main() {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Config => config.redacted().map(|s| print!("{s}")),
+        Command::CheckConfig => match app::tools::check(&config) {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("herald: {e:#}");
+                std::process::exit(2);
+            }
+        },
+        Command::Token { user, ttl } => {
+            app::tools::token(&config, &user, &ttl).map(|t| println!("{t}"))
+        }
         // The server runs as a task on the runtime's workers: on the main thread the
         // accept loop would hand every connection across threads.
         Command::Serve => tokio::runtime::Builder::new_multi_thread()

@@ -115,3 +115,79 @@ fn jwt_algorithms_are_supported_or_refused_by_name() {
 fn a_host_name_is_a_valid_listen_address() {
     started(herald_at("localhost:0", &[], &["--dev-auth"]));
 }
+
+fn tool(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.args(args).env_remove("HERALD_LOG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn check_config_exits_0_or_2_with_the_reason() {
+    let ok = tool(&["check-config", "--dev-auth"], &[]);
+    assert_eq!(ok.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.starts_with("ok: listen 127.0.0.1:3000"), "{out}");
+    // Caught by the configuration's own checks, and by what only a start would try.
+    for (env, reason) in [
+        (
+            ("HERALD_TRANSPORT_PING_INTERVAL_MS", "0"),
+            "ping_interval_ms",
+        ),
+        (
+            ("HERALD_AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+            "jwt_public_key_file",
+        ),
+        (("HERALD_WEBHOOKS_URL", "ftp://x/"), "webhooks"),
+    ] {
+        let bad = tool(&["check-config"], &[env]);
+        assert_eq!(bad.status.code(), Some(2), "{env:?}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains(reason), "{env:?}: {err}");
+    }
+}
+
+#[test]
+fn token_makes_a_jwt_the_server_takes() {
+    let secret = "a-secret-of-more-than-16-bytes";
+    let out = tool(
+        &["token", "--user", "alice", "--ttl", "15m"],
+        &[("HERALD_AUTH_JWT_SECRET", secret)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_required_spec_claims(&["exp", "sub"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 900);
+    // Without a secret, or with a bad ttl or user: a reason, no token.
+    let none = tool(&["token", "--user", "alice"], &[]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("auth.jwt_secret"));
+    for args in [
+        ["--user", "alice", "--ttl", "1w"],
+        ["--user", "", "--ttl", "1h"],
+    ] {
+        let bad = tool(
+            &[&["token"][..], &args[..]].concat(),
+            &[("HERALD_AUTH_JWT_SECRET", secret)],
+        );
+        assert!(!bad.status.success(), "{args:?}");
+        assert!(bad.stdout.is_empty());
+    }
+}

@@ -35,6 +35,19 @@ pub enum Command {
     Serve,
     /// Print the effective configuration (secrets hidden) and exit.
     Config,
+    /// Check the configuration (file, environment, flags) as a start would, without
+    /// starting: exits 0 if herald would start with it, 2 with the reason.
+    CheckConfig,
+    /// Print a client token (JWT) for a user, signed with `auth.jwt_secret`: for
+    /// development and tests.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime: seconds, or with a unit: `90s`, `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 /// Flags: the last layer.

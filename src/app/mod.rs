@@ -2,6 +2,7 @@
 
 pub mod config;
 mod demo;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
