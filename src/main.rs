@@ -64,6 +64,7 @@ fn main() {
                 std::process::exit(2);
             }
         },
+        Command::GenConfig => app::tools::gen_config().map(|s| print!("{s}")),
         Command::Token { user, ttl } => {
             app::tools::token(&config, &user, &ttl).map(|t| println!("{t}"))
         }

@@ -191,3 +191,38 @@ fn token_makes_a_jwt_the_server_takes() {
         assert!(bad.stdout.is_empty());
     }
 }
+
+#[test]
+fn gen_config_writes_every_setting_and_check_config_accepts_it() {
+    let out = tool(&["gen-config"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "listen = \"127.0.0.1:3000\"",
+        "[webhooks]",
+        "max_outbox = 1000000",
+        "[store]",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    // Every setting comes with its line of help.
+    let settings = text.lines().filter(|l| l.contains(" = ")).count();
+    let helps = text
+        .lines()
+        .filter(|l| l.starts_with("# ") && l.len() > 2)
+        .count();
+    assert!(
+        helps > settings,
+        "{helps} help lines for {settings} settings"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = tool(&["check-config", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -38,6 +38,9 @@ pub enum Command {
     /// Check the configuration (file, environment, flags) as a start would, without
     /// starting: exits 0 if herald would start with it, 2 with the reason.
     CheckConfig,
+    /// Print every setting with its default and a line of help: a configuration file
+    /// that `check-config` accepts.
+    GenConfig,
     /// Print a client token (JWT) for a user, signed with `auth.jwt_secret`: for
     /// development and tests.
     Token {

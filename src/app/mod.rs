@@ -2,6 +2,7 @@
 
 pub mod config;
 mod demo;
+mod help;
 pub mod tools;
 
 use std::future::Future;

@@ -43,6 +43,37 @@ pub fn check(config: &Config) -> anyhow::Result<String> {
     ))
 }
 
+/// Every setting with its default and a line of help, as a configuration file that
+/// `check-config` accepts.
+pub fn gen_config() -> anyhow::Result<String> {
+    let toml::Value::Table(defaults) = toml::Value::try_from(Config::default())? else {
+        bail!("the default configuration is not a table");
+    };
+    let help = |key: &str| {
+        super::help::HELP
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |(_, h)| *h)
+    };
+    let mut out = String::from(
+        "# herald configuration: every setting with its default (see the README's table).\n\n",
+    );
+    let entry = |out: &mut String, key: &str, full: &str, v: &toml::Value| {
+        out.push_str(&format!("# {}\n{key} = {v}\n", help(full)));
+    };
+    for (k, v) in defaults.iter().filter(|(_, v)| !v.is_table()) {
+        entry(&mut out, k, k, v);
+    }
+    for (section, v) in defaults.iter() {
+        let toml::Value::Table(t) = v else { continue };
+        out.push_str(&format!("\n[{section}]\n"));
+        for (k, v) in t {
+            entry(&mut out, k, &format!("{section}.{k}"), v);
+        }
+    }
+    Ok(out)
+}
+
 /// A token for `user`, valid for `ttl`, signed with the configured secret.
 pub fn token(config: &Config, user: &str, ttl: &str) -> anyhow::Result<String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -102,6 +133,27 @@ fn ttl_secs(ttl: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::ttl_secs;
+
+    #[test]
+    fn every_setting_has_a_line_of_help() {
+        let toml::Value::Table(defaults) = toml::Value::try_from(super::Config::default()).unwrap()
+        else {
+            panic!("not a table");
+        };
+        let mut missing = Vec::new();
+        for (k, v) in &defaults {
+            let keys: Vec<String> = match v {
+                toml::Value::Table(t) => t.keys().map(|s| format!("{k}.{s}")).collect(),
+                _ => vec![k.clone()],
+            };
+            for key in keys {
+                if !super::super::help::HELP.iter().any(|(h, _)| *h == key) {
+                    missing.push(key);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "settings without help: {missing:?}");
+    }
 
     #[test]
     fn ttls() {
