@@ -1,7 +1,10 @@
-//! What the `herald` binary says at start about settings a person got wrong: refused
-//! with the setting named, or a warning that says what to do.
+//! What the `herald` binary says about settings a person got wrong (refused with the
+//! setting named, or a warning that says what to do), its command-line tools, and what
+//! it logs of a refused client.
 
 use std::process::{Command, Stdio};
+
+mod common;
 
 fn herald(env: &[(&str, &str)], args: &[&str]) -> Command {
     herald_at("127.0.0.1:0", env, args)
@@ -224,5 +227,43 @@ fn gen_config_writes_every_setting_and_check_config_accepts_it() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_logged_with_its_reason_and_address_never_the_token() {
+    use std::io::Read;
+    let mut child = herald(
+        &[
+            ("HERALD_AUTH_JWT_SECRET", "a-secret-of-more-than-16-bytes"),
+            ("HERALD_LOG", "warn"),
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let addr = common::listening_addr(&mut child);
+    let mut ws = common::Ws::connect(addr, "EIO=4&transport=websocket").await;
+    assert!(ws.text().await.starts_with("0{"));
+    ws.send_text(r#"40{"token":"eyJhbGciOiJIUzI1NiJ9.e30.c2VjcmV0LXRva2VuLXRleHQ"}"#)
+        .await;
+    assert!(ws.text().await.starts_with("44{"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("client connect refused"), "{err}");
+    assert!(err.contains("unauthorized: invalid token"), "{err}");
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert!(
+        !err.contains("c2VjcmV0LXRva2VuLXRleHQ"),
+        "the token is never logged: {err}"
     );
 }

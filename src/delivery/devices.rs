@@ -17,11 +17,19 @@ fn shows_credentials(hs: &Handshake<'_>) -> bool {
     in_auth || hs.query_param("token").is_some() || hs.query_param("userId").is_some()
 }
 
-/// Logs a refused connect with its reason (never a token), at most once a second.
-fn refused(reason: &str) {
+/// Logs a refused connect with its reason and the client's address (never a token), at
+/// most once a second.
+fn refused(socket: &Socket, reason: &str) {
     static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
     if let Some(held) = EVERY.allow(1000) {
-        tracing::warn!(reason, similar_since = held, "client connect refused");
+        let session = socket.session();
+        tracing::warn!(
+            reason,
+            remote = ?session.counted_ip(),
+            eio = ?session.eio(),
+            similar_since = held,
+            "client connect refused"
+        );
     }
 }
 
@@ -160,7 +168,7 @@ impl Handler for Devices {
                 self.delivery
                     .join(ANONYMOUS, socket, Resume::Live)
                     .map_err(|e| {
-                        refused(&e.to_string());
+                        refused(socket, &e.to_string());
                         ConnectError::new(e.to_string())
                     })?;
                 socket.set_data(Client {
@@ -172,14 +180,14 @@ impl Handler for Devices {
                 return Ok(());
             }
             Err(e) => {
-                refused(&format!("unauthorized: {e}"));
+                refused(socket, &format!("unauthorized: {e}"));
                 return Err(ConnectError::new(format!("unauthorized: {e}")));
             }
         };
         let user = identity.user;
-        let (resume, device) = resume_of(hs).inspect_err(|e| refused(&e.message))?;
+        let (resume, device) = resume_of(hs).inspect_err(|e| refused(socket, &e.message))?;
         self.delivery.join(&user, socket, resume).map_err(|e| {
-            refused(&e.to_string());
+            refused(socket, &e.to_string());
             ConnectError::new(e.to_string())
         })?;
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");
