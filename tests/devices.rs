@@ -26,11 +26,16 @@ struct Running {
 }
 
 async fn run(url: &str) -> Running {
+    run_with(url, |_| {}).await
+}
+
+async fn run_with(url: &str, configure: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config {
         dev_auth: true,
         ..Config::default()
     };
     config.store.url = url.to_owned();
+    configure(&mut config);
     let node = Node::new(config).await.unwrap();
     let (push, store) = (node.push.clone(), node.store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,6 +111,7 @@ both!(
     a_device_position_survives_a_restart,
     the_inbox_state_comes_first_then_the_replay,
     each_device_that_acked_is_listed_in_the_message_state,
+    a_client_inventing_device_ids_cannot_grow_the_devices_kept,
 );
 
 /// The `inbox` state the connection was told at connect.
@@ -304,5 +310,32 @@ async fn each_device_that_acked_is_listed_in_the_message_state(f: Fixture) {
     assert_eq!(gus["user"], "gus");
     assert_eq!(gus["devices"], serde_json::json!([]));
     assert!(gus.get("deliveredAt").is_none());
+    s.stop().await;
+}
+
+async fn a_client_inventing_device_ids_cannot_grow_the_devices_kept(f: Fixture) {
+    let s = run_with(&f.url, |c| c.store.max_devices_per_user = 3).await;
+    s.push("ivy", 1).await;
+    // Over real sockets, one new deviceId after another.
+    for i in 0..12 {
+        let ws = Ws::device(s.addr, &format!(r#"{{"userId":"ivy","deviceId":"d{i}"}}"#)).await;
+        assert_eq!(inbox(&ws)["lastSeq"], 1);
+    }
+    let mut kept = 0;
+    for i in 0..12 {
+        if s.store
+            .device_acked("ivy", &format!("d{i}"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 3);
+    // A healthy client of another user is served meanwhile.
+    let mut ok = Ws::device(s.addr, r#"{"userId":"joe","deviceId":"phone"}"#).await;
+    s.push("joe", 1).await;
+    assert_eq!(seqs(&mut ok, 1).await, vec![1]);
     s.stop().await;
 }

@@ -664,3 +664,56 @@ async fn an_https_receiver_is_trusted_through_ca_file_only() {
     assert_eq!(r.event["type"], "user.online");
     assert_eq!(r.event["data"]["user"], "jo");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_churning_while_the_receiver_is_down_cannot_grow_the_outbox_past_its_bound() {
+    // Nothing listens at the receiver's address.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/herald", listener.local_addr().unwrap());
+    drop(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let h = herald(
+        &hooks(
+            &url,
+            "events = [\"user.online\", \"user.offline\"]\nmax_outbox = 4",
+        ),
+        dir.path(),
+    );
+    let depth = || async { api(h.addr, "GET", "/api/v1/webhooks", "").await };
+    // A client that comes and goes: each cycle an online and an offline event.
+    let churn = |n: usize| async move {
+        for _ in 0..n {
+            drop(Ws::device(h.addr, r#"{"userId":"churner"}"#).await);
+            // The disconnect is seen before the next connect.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    churn(5).await;
+    // The sender checks the depth once a second: past the bound, the gate closes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = depth().await;
+        if s["outbox"]["depth"].as_u64().unwrap() >= 4 && s["skipped"].as_u64() == Some(0) {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = depth().await["outbox"]["depth"].as_u64().unwrap();
+    churn(20).await;
+    // Settled: nothing more was stored, and what was not is counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = depth().await;
+    assert_eq!(
+        after["outbox"]["depth"].as_u64().unwrap(),
+        before,
+        "{after}"
+    );
+    assert!(after["skipped"].as_u64().unwrap() >= 30, "{after}");
+    assert!(h.log.lock().unwrap().contains("webhook outbox full"));
+    // A healthy client on the same server is served meanwhile.
+    let mut healthy = Ws::device(h.addr, r#"{"userId":"fine"}"#).await;
+    push(h.addr, "fine").await;
+    wait_seq(&mut healthy, 1).await;
+}
