@@ -27,7 +27,7 @@ fn herald_at(listen: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
 
 /// Runs herald until it prints its listening line (or exits); returns its stderr so far.
 fn started(mut c: Command) -> String {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -38,6 +38,12 @@ fn started(mut c: Command) -> String {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("listening on"), "did not start: {line}");
+    stop(child)
+}
+
+/// Kills a running herald; returns what it wrote to stderr.
+fn stop(mut child: std::process::Child) -> String {
+    use std::io::Read;
     child.kill().unwrap();
     child.wait().unwrap();
     let mut err = String::new();
@@ -232,7 +238,6 @@ fn gen_config_writes_every_setting_and_check_config_accepts_it() {
 
 #[tokio::test]
 async fn a_refused_connect_is_logged_with_its_reason_and_address_never_the_token() {
-    use std::io::Read;
     let mut child = herald(
         &[
             ("HERALD_AUTH_JWT_SECRET", "a-secret-of-more-than-16-bytes"),
@@ -250,15 +255,7 @@ async fn a_refused_connect_is_logged_with_its_reason_and_address_never_the_token
     ws.send_text(r#"40{"token":"eyJhbGciOiJIUzI1NiJ9.e30.c2VjcmV0LXRva2VuLXRleHQ"}"#)
         .await;
     assert!(ws.text().await.starts_with("44{"));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stop(child);
     assert!(err.contains("client connect refused"), "{err}");
     assert!(err.contains("unauthorized: invalid token"), "{err}");
     assert!(err.contains("127.0.0.1"), "{err}");
