@@ -92,23 +92,30 @@ impl Devices {
     }
 }
 
-/// A resume parameter from the `auth` object (v5 clients), else the query (v4 clients):
-/// a string, or any other JSON value as its text (`Err`). JSON `null` counts as absent.
-fn param(hs: &Handshake<'_>, name: &str) -> Option<Result<String, String>> {
-    if let Some(auth) = hs.auth {
-        if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(auth) {
-            return match fields.remove(name)? {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(Ok(s)),
-                other => Some(Err(other.to_string())),
-            };
-        }
+/// A resume parameter from the `auth` object (v5 clients, parsed once by the caller),
+/// else the query (v4 clients): a string, or any other JSON value as its text (`Err`).
+/// JSON `null` counts as absent.
+fn param(
+    auth: Option<&mut serde_json::Map<String, serde_json::Value>>,
+    hs: &Handshake<'_>,
+    name: &str,
+) -> Option<Result<String, String>> {
+    if let Some(fields) = auth {
+        return match fields.remove(name)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(Ok(s)),
+            other => Some(Err(other.to_string())),
+        };
     }
     hs.query_param(name).map(Ok)
 }
 
 fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectError> {
-    let device = match param(hs, "deviceId") {
+    let mut auth = match hs.auth.map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(serde_json::Value::Object(fields))) => Some(fields),
+        _ => None,
+    };
+    let device = match param(auth.as_mut(), hs, "deviceId") {
         None => None,
         Some(Err(other)) => {
             return Err(ConnectError::new(format!(
@@ -128,7 +135,7 @@ fn resume_of(hs: &Handshake<'_>) -> Result<(Resume, Option<String>), ConnectErro
         }
         Some(Ok(d)) => Some(d),
     };
-    let resume = match param(hs, "since") {
+    let resume = match param(auth.as_mut(), hs, "since") {
         // A number in `auth` arrives as its JSON text, a string as itself.
         Some(Ok(s) | Err(s)) => match s.parse::<u64>() {
             Ok(n) => Resume::Since(n),
