@@ -14,6 +14,8 @@
 //! - [`api`]: the HTTP API for backends;
 //! - [`webhooks`]: sends the store's outbox of receipts (delivered, read, undelivered,
 //!   online, offline) to the backend, signed;
+//! - [`metrics`]: the Prometheus metrics every layer keeps, and the scrape; imports no
+//!   layer;
 //! - [`app`]: configuration, start-up and shutdown of the `herald` binary;
 //! - [`vocab`]: the words all of them share (message, target, stored message, user id,
 //!   time); it imports none of them.
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod broker;
 pub mod delivery;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod push;
 pub mod store;

@@ -1,7 +1,7 @@
 //! The `herald` binary.
 
 use clap::Parser;
-use herald::app::{self, config::Cli, config::Command, config::Config};
+use herald::app::{self, config::Cli, config::Command, config::Config, config::LogFormat};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -41,10 +41,21 @@ fn main() {
         },
         Err(_) => "info".into(),
     };
-    tracing_subscriber::fmt()
+    // The log format is a setting: read the configuration once quietly to learn it, then
+    // again with logging on, so that what loading says is written in that format.
+    let format =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            Config::load(&cli.flags, std::env::vars()).map_or(LogFormat::Text, |c| c.log.format)
+        });
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let config = match Config::load(&cli.flags, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {

@@ -1,10 +1,10 @@
-//! The public HTTP API for backends, under `/api/v1`: JSON in and out, bearer API keys,
-//! errors as `{"error": {"code", "message"}}`. Handlers are thin: extract, call the
-//! service, answer. Served on the same port as Socket.IO through the transport's
-//! fallback, so the demo page lives here too.
+//! The public HTTP API for backends, under `/api/v1`: JSON in and out, bearer API keys
+//! with scopes ([`keys`]), errors as `{"error": {"code", "message"}}`. Handlers are thin:
+//! extract, call the service, answer. Served on the same port as Socket.IO through the
+//! transport's fallback ([`service`]), so the demo page lives here too. The admin
+//! listener ([`admin`]) serves `/metrics` ([`metrics`]) and the admin page, calling the
+//! same services.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -12,11 +12,9 @@ use std::collections::HashMap;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Json;
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 use crate::broker::redis::RedisBroker;
 use crate::delivery::Delivery;
@@ -24,20 +22,28 @@ use crate::hub::Hub;
 use crate::push::{PushError, PushRequest, PushService};
 use crate::store::{Store, StoreError};
 use crate::transport::Engine;
-use crate::transport::Fallback;
 use crate::vocab::UserId;
 use crate::webhooks::WebhookMetrics;
 
-mod metrics;
-use metrics::metrics;
+pub mod admin;
+pub mod keys;
+pub mod metrics;
+mod service;
+
+pub use keys::{Keys, Scope, ScopedKey};
+pub use service::HttpService;
 
 /// API settings (`[api]` in the config file).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer keys that may call the API. Default: none (the API refuses every call,
-    /// except with `--dev-auth` on loopback, where it is open).
+    /// Bearer keys that may call the whole API (logged as `keys[0]`, `keys[1]`, ...).
+    /// Default: none (the API refuses every call, except with `--dev-auth` on loopback
+    /// and no key at all, where it is open).
     pub keys: Vec<String>,
+    /// Keys with a name and some scopes (`push`, `read`, `admin`), as
+    /// `[[api.scoped_keys]]` tables of `name`, `key`, `scopes`. Default: none.
+    pub scoped_keys: Vec<ScopedKey>,
     /// Largest request body, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
     /// Largest number of users in one push. Default 10,000.
@@ -53,6 +59,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             keys: Vec::new(),
+            scoped_keys: Vec::new(),
             max_body_bytes: 1 << 20,
             max_users_per_push: 10_000,
             idempotency_window_secs: 86_400,
@@ -70,12 +77,14 @@ pub struct ApiState {
     pub delivery: Arc<Delivery>,
     pub engine: Engine,
     pub cluster: Option<RedisBroker>,
-    /// Accepted bearer keys; empty with `open` means no key is needed.
-    pub keys: Arc<Vec<String>>,
-    /// No key needed (development mode on loopback with no keys configured).
-    pub open: bool,
+    /// The API keys and their scopes.
+    pub keys: Arc<Keys>,
     /// The webhook sender's counters, when webhooks are on.
     pub webhooks: Option<Arc<WebhookMetrics>>,
+    /// Every metric of the node, for `/metrics` and the admin page.
+    pub metrics: Arc<metrics::NodeMetrics>,
+    /// This node's id (the cluster's `node_id`, or `local`), and when it started (ms).
+    pub node: Arc<(String, u64)>,
 }
 
 /// Every way an API call fails, converted to the wire in one place.
@@ -83,6 +92,8 @@ pub struct ApiState {
 pub enum ApiError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("the API key `{key}` lacks the `{needs}` scope")]
+    Forbidden { key: String, needs: &'static str },
     #[error("{0}")]
     BadRequest(String),
     #[error("request body too large")]
@@ -105,6 +116,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::PayloadTooLarge | ApiError::NoBodyHere => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
@@ -221,54 +233,48 @@ fn plain_json_error(text: &str) -> String {
     format!("{what}: {d}")
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    check_key(&state.keys, state.open, headers)
+/// Checks the request's key for `scope`.
+fn authorize(state: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<(), ApiError> {
+    state
+        .keys
+        .check(headers, scope)
+        .map(drop)
+        .map_err(ApiError::from)
 }
 
-/// The one check of an API key: a configured key as `Authorization: Bearer <key>`, or
-/// none at all in development mode with no keys configured.
-fn check_key(keys: &[String], open: bool, headers: &HeaderMap) -> Result<(), ApiError> {
-    if open && keys.is_empty() {
-        return Ok(());
-    }
-    let Some(presented) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme is case-insensitive (RFC 9110).
-            let (scheme, key) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key)
-        })
-    else {
-        refused_key("no `Authorization: Bearer <key>` header");
-        return Err(ApiError::Unauthorized);
-    };
-    // Compare every key in full so timing does not tell how much of a key matched.
-    let mut ok = false;
-    for k in keys.iter() {
-        ok |= constant_time_eq(k.as_bytes(), presented.as_bytes());
-    }
-    if ok {
-        Ok(())
-    } else {
-        refused_key("the key is not one of api.keys");
-        Err(ApiError::Unauthorized)
+impl From<keys::Refusal> for ApiError {
+    fn from(r: keys::Refusal) -> ApiError {
+        match r {
+            keys::Refusal::Missing | keys::Refusal::Unknown => ApiError::Unauthorized,
+            keys::Refusal::Scope { key, needs } => ApiError::Forbidden {
+                key: key.into_owned(),
+                needs: needs.as_str(),
+            },
+        }
     }
 }
 
-/// Logs a refused API call (never the key), at most once a second.
-fn refused_key(why: &'static str) {
-    static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
-    if let Some(held) = EVERY.allow(1000) {
-        tracing::warn!(reason = why, similar_since = held, "API call refused: 401");
-    }
-}
+/// A JSON body that may be left out (an empty body is `T::default()`).
+pub struct MaybeJson<T>(pub T);
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+impl<T: serde::de::DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("unreadable request body: {e}")))?
+            .to_bytes();
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(MaybeJson(T::default()));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        ApiJson::from_request(req, state)
+            .await
+            .map(|ApiJson(v)| MaybeJson(v))
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn push(
@@ -276,12 +282,12 @@ async fn push(
     headers: HeaderMap,
     ApiJson(req): ApiJson<PushRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Push)?;
     Ok(Json(state.push.push(req).await?))
 }
 
 /// A user id from a path, held to the rules every user id is ([`UserId`]).
-fn user_id(raw: String) -> Result<String, ApiError> {
+pub(crate) fn user_id(raw: String) -> Result<String, ApiError> {
     UserId::parse(raw)
         .map(UserId::into_string)
         .map_err(|e| ApiError::BadRequest(format!("invalid user id: {e}")))
@@ -306,7 +312,7 @@ async fn messages(
     Path(user): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Read)?;
     let user = user_id(user)?;
     let after = number(&q, "after")?.unwrap_or(0);
     let limit = number(&q, "limit")?.unwrap_or(100);
@@ -331,7 +337,7 @@ async fn unread(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Read)?;
     let user = user_id(user)?;
     Ok(Json(state.store.unread(&user).await?))
 }
@@ -349,7 +355,7 @@ async fn read(
     Path(user): Path<String>,
     ApiJson(req): ApiJson<ReadRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Push)?;
     let user = user_id(user)?;
     let up_to = state.delivery.read(&user, req.up_to, None).await?;
     Ok(Json(serde_json::json!({ "upTo": up_to })))
@@ -360,7 +366,7 @@ async fn message(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Read)?;
     match state.store.message_state(&id).await? {
         Some(m) => Ok(Json(m)),
         None => Err(ApiError::NotFound),
@@ -372,7 +378,7 @@ async fn webhooks(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Read)?;
     let Some(m) = &state.webhooks else {
         return Ok(Json(serde_json::json!({"enabled": false})));
     };
@@ -380,9 +386,9 @@ async fn webhooks(
     Ok(Json(serde_json::json!({
         "enabled": true,
         "outbox": outbox,
-        "sent": m.sent.load(std::sync::atomic::Ordering::Relaxed),
-        "failed": m.failed.load(std::sync::atomic::Ordering::Relaxed),
-        "dropped": m.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "sent": m.sent.get(),
+        "failed": m.failed.get(),
+        "dropped": m.dropped.get(),
         "skipped": m.gate.skipped(),
     })))
 }
@@ -392,20 +398,98 @@ async fn presence(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, Scope::Read)?;
     let user = user_id(user)?;
     let n = state.delivery.presence(&user).await;
     Ok(Json(serde_json::json!({"online": n > 0, "connections": n})))
 }
 
+/// `DELETE /users/{id}/connections` body (optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DisconnectRequest {
+    /// Also refuse the user's tokens issued before this Unix second.
+    revoke_before: Option<u64>,
+}
+
+/// How far ahead `revokeBefore` may be: further is taken for a mistake (milliseconds).
+const MAX_REVOKE_AHEAD_SECS: u64 = 366 * 86_400;
+
+/// Disconnects every connection of a user, cluster-wide; with `revokeBefore`, also
+/// refuses their tokens issued before then.
+async fn disconnect(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    MaybeJson(req): MaybeJson<DisconnectRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let user = user_id(user)?;
+    if let Some(t) = req.revoke_before {
+        let now = crate::vocab::now_ms() / 1000;
+        if t > now + MAX_REVOKE_AHEAD_SECS {
+            return Err(ApiError::BadRequest(format!(
+                "revokeBefore is Unix seconds; {t} is more than a year ahead (milliseconds?)"
+            )));
+        }
+    }
+    let kicked = state
+        .delivery
+        .disconnect_user(&user, req.revoke_before)
+        .await?;
+    tracing::info!(user = %user, disconnected = kicked.disconnected, revoked_before = ?kicked.revoked_before, "user disconnected by the API");
+    Ok(Json(kicked))
+}
+
+/// Erases a user's stored messages, device positions and read state.
+async fn erase(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers, Scope::Admin)?;
+    let user = user_id(user)?;
+    let erased = state.delivery.erase_user(&user).await?;
+    tracing::info!(user = %user, erased, "user's stored messages erased by the API");
+    Ok(Json(serde_json::json!({ "erased": erased })))
+}
+
+/// The cluster's nodes (this one first) with their connection counts.
+async fn nodes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers, Scope::Read)?;
+    Ok(Json(node_list(&state).await))
+}
+
+/// This node and the others, as `{"self": id, "nodes": [...]}`.
+pub(crate) async fn node_list(state: &ApiState) -> serde_json::Value {
+    let (id, started_at) = &*state.node;
+    let here = crate::broker::NodeInfo {
+        id: id.clone(),
+        connections: state.hub.sockets().saturating_sub(state.hub.anonymous()) as u64,
+        users: state.hub.users() as u64,
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: *started_at,
+        updated_at: crate::vocab::now_ms(),
+    };
+    let mut nodes = vec![here];
+    if let Some(c) = &state.cluster {
+        use crate::broker::Broker as _;
+        nodes.extend(c.nodes().await);
+    }
+    serde_json::json!({ "self": id, "nodes": nodes })
+}
+
 /// Liveness: the process answers.
-async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// Readiness: 503 with `degraded` while the store cannot write (pushes would be
 /// refused) or routing does not work fully (Redis away).
-async fn readyz(State(state): State<ApiState>) -> Response {
+pub(crate) async fn readyz(State(state): State<ApiState>) -> Response {
     let writable = state.store.writable().await;
     let ok = writable && state.delivery.healthy();
     let body = serde_json::json!({
@@ -442,7 +526,9 @@ pub fn routes(state: ApiState) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/push", post(push))
         .route("/api/v1/users/{id}/presence", get(presence))
-        .route("/api/v1/users/{id}/messages", get(messages))
+        .route("/api/v1/users/{id}/messages", get(messages).delete(erase))
+        .route("/api/v1/users/{id}/connections", delete(disconnect))
+        .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/users/{id}/unread", get(unread))
         .route("/api/v1/users/{id}/read", post(read))
         .route("/api/v1/messages/{id}", get(message))
@@ -450,104 +536,10 @@ pub fn routes(state: ApiState) -> axum::Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
         .with_state(state)
-}
-
-/// Serves an axum router as the transport's fallback.
-pub struct HttpService {
-    router: axum::Router,
-    max_body: usize,
-    /// The API's keys, checked before a request's body is read.
-    keys: Option<(Arc<Vec<String>>, bool)>,
-}
-
-impl HttpService {
-    /// `max_body` bounds request bodies; the transport refuses bigger ones before they
-    /// are read.
-    pub fn new(router: axum::Router, max_body: usize) -> HttpService {
-        HttpService {
-            router,
-            max_body,
-            keys: None,
-        }
-    }
-
-    /// Checks the API key of requests to the API (and `/metrics`) before their body is
-    /// read: a caller without a valid key gets 401 and nothing else, whatever it sends.
-    pub fn with_keys(mut self, state: &ApiState) -> HttpService {
-        self.keys = Some((state.keys.clone(), state.open));
-        self
-    }
-}
-
-/// Whether a path needs the API key (everything under `/api/` but the OpenAPI document,
-/// and `/metrics`).
-fn needs_key(path: &str) -> bool {
-    (path.starts_with("/api/") && path != "/api/v1/openapi.json") || path == "/metrics"
-}
-
-impl Fallback for HttpService {
-    fn precheck(&self, request: &http::request::Parts) -> Option<http::Response<Bytes>> {
-        let path = request.uri.path();
-        if !needs_key(path) {
-            // Nothing outside the API takes a body: none is read (or held) for them.
-            let has_body = request.headers.contains_key(header::TRANSFER_ENCODING)
-                || request
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes() != b"0");
-            return has_body.then(|| error_response(ApiError::NoBodyHere));
-        }
-        let (keys, open) = self.keys.as_ref()?;
-        if check_key(keys, *open, &request.headers).is_ok() {
-            return None;
-        }
-        tracing::debug!(path, "API request refused: missing or invalid API key");
-        Some(error_response(ApiError::Unauthorized))
-    }
-
-    fn call(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = http::Response<Bytes>> + Send>> {
-        let router = self.router.clone();
-        Box::pin(async move {
-            let request = request.map(axum::body::Body::from);
-            let response = match router.oneshot(request).await {
-                Ok(r) => r,
-                Err(e) => match e {},
-            };
-            let (parts, body) = response.into_parts();
-            let bytes = match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => Bytes::new(),
-            };
-            http::Response::from_parts(parts, bytes)
-        })
-    }
-
-    fn max_body(&self) -> usize {
-        self.max_body
-    }
-
-    fn too_large(&self) -> http::Response<Bytes> {
-        error_response(ApiError::PayloadTooLarge)
-    }
-}
-
-/// An error as a response the transport writes itself.
-fn error_response(e: ApiError) -> http::Response<Bytes> {
-    let (status, code) = e.parts();
-    let body = serde_json::json!({"error": {"code": code, "message": e.to_string()}});
-    http::Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Bytes::from(body.to_string()))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use toml::{Table, Value};
 
+use crate::api::admin::AdminConfig;
 use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
 use crate::broker::redis::ClusterConfig;
@@ -200,6 +201,25 @@ pub struct DemoSection {
     pub client_herald: String,
 }
 
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log settings (`[log]`); the filter is `HERALD_LOG` (e.g. `info`, `herald=debug`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -218,6 +238,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub webhooks: WebhookConfig,
+    pub admin: AdminConfig,
+    pub log: LogSection,
     pub demo: DemoSection,
 }
 
@@ -235,6 +257,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             webhooks: WebhookConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogSection::default(),
             demo: DemoSection::default(),
         }
     }
@@ -365,6 +389,28 @@ impl Config {
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");
         }
+        let mut names = std::collections::HashSet::new();
+        for k in &self.api.scoped_keys {
+            if k.name.is_empty() || k.key.is_empty() || k.scopes.is_empty() {
+                bail!("each api.scoped_keys entry needs a name, a key and at least one scope (push, read, admin)");
+            }
+            if !names.insert(k.name.as_str()) || k.name.starts_with("keys[") {
+                bail!(
+                    "api.scoped_keys: the name `{}` is used twice (or looks like keys[N])",
+                    k.name
+                );
+            }
+        }
+        self.admin.validate().map_err(anyhow::Error::msg)?;
+        if !self.admin.listen.is_empty()
+            && self.admin.listen == self.listen
+            && !self.listen.ends_with(":0")
+        {
+            bail!("admin.listen and listen are the same address ({}): give the admin listener its own port, or turn it off with admin.listen = \"\"", self.listen);
+        }
+        if self.auth.revocation_ttl_secs == 0 {
+            bail!("auth.revocation_ttl_secs must be positive");
+        }
         self.webhooks.validate()?;
         Ok(())
     }
@@ -379,6 +425,12 @@ impl Config {
         }
         for k in &mut c.api.keys {
             *k = "<hidden>".into();
+        }
+        for k in &mut c.api.scoped_keys {
+            k.key = "<hidden>".into();
+        }
+        if !c.admin.password.is_empty() {
+            c.admin.password = "<hidden>".into();
         }
         if !c.webhooks.secret.is_empty() {
             c.webhooks.secret = "<hidden>".into();
@@ -436,7 +488,7 @@ impl Config {
 }
 
 /// Hides the password of a `scheme://user:password@host/…` URL.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

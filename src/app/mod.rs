@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState, HttpService};
+use crate::api::{self, ApiState, HttpService, Keys};
 use crate::auth::Authenticator;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
@@ -37,6 +37,8 @@ pub struct Node {
     /// The Redis broker, when `[cluster] redis` is set.
     pub cluster: Option<RedisBroker>,
     http: Arc<HttpService>,
+    /// What the admin listener serves (metrics, health, the admin page).
+    admin: Arc<dyn Fallback>,
 }
 
 impl Node {
@@ -55,25 +57,27 @@ impl Node {
                 "auth.jwt_secret is shorter than 16 bytes: tokens signed with it can be forged by guessing it; use 32 random bytes or more"
             );
         }
-        if config.api.keys.iter().any(|k| k.len() < 16) {
-            tracing::warn!("an api.keys entry is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
+        if config.api.keys.iter().any(|k| k.len() < 16)
+            || config.api.scoped_keys.iter().any(|k| k.key.len() < 16)
+        {
+            tracing::warn!("an API key (api.keys, api.scoped_keys) is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
+        }
+        if !config.admin.password.is_empty() && config.admin.password.len() < 16 {
+            tracing::warn!("admin.password is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
         }
         if config.demo.enabled && !config.dev_auth {
             tracing::warn!(
                 "the demo page's inbox needs --dev-auth (the page names its user unverified); without it the page connects anonymously and gets the x, y feed only"
             );
         }
-        if config.api.keys.is_empty() && !config.dev_auth {
+        if config.api.keys.is_empty() && config.api.scoped_keys.is_empty() && !config.dev_auth {
             tracing::warn!("no API keys configured (api.keys): every API call will be refused");
         }
         let hub = Hub::new(config.hub.clone());
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
         let mut store_config = config.store.clone();
         store_config.hooks = config.webhooks.store_hooks();
-        let webhook_metrics = Arc::new(WebhookMetrics {
-            gate: store_config.hooks.gate.clone(),
-            ..WebhookMetrics::default()
-        });
+        let webhook_metrics = Arc::new(WebhookMetrics::new(store_config.hooks.gate.clone()));
         let store = Store::open(store_config, committed)
             .await
             .context("cannot open the message store")?;
@@ -86,6 +90,14 @@ impl Node {
             (Arc::new(c.clone()), Some(c))
         };
         let delivery = Delivery::new(hub.clone(), store.clone(), broker, cluster.is_some());
+        delivery.keep_revocations(config.auth.revocation_ttl_secs);
+        let revoked = delivery
+            .load_revocations()
+            .await
+            .context("cannot read token revocations from the store")?;
+        if revoked > 0 {
+            tracing::info!(users = revoked, "token revocations in force");
+        }
         tokio::spawn(delivery.clone().run_inbound(inbound));
         if config.webhooks.enabled() {
             let w = &config.webhooks;
@@ -122,6 +134,21 @@ impl Node {
             config.engine(),
             vec![(config.path.clone(), Arc::new(sio) as Arc<dyn EngineHandler>)],
         );
+        let webhooks = config.webhooks.enabled().then_some(webhook_metrics);
+        let mut registries = vec![
+            engine.metrics().registry.clone(),
+            hub.metrics.registry.clone(),
+            delivery.metrics.registry.clone(),
+            push.metrics.registry.clone(),
+            store.metrics().clone(),
+        ];
+        registries.extend(cluster.as_ref().map(|c| c.metrics().registry.clone()));
+        registries.extend(webhooks.as_ref().map(|w| w.registry.clone()));
+        let node_id = match &cluster {
+            Some(c) => c.node().to_owned(),
+            None if !config.cluster.node_id.is_empty() => config.cluster.node_id.clone(),
+            None => "local".to_owned(),
+        };
         let state = ApiState {
             push: push.clone(),
             hub: hub.clone(),
@@ -129,15 +156,24 @@ impl Node {
             delivery: delivery.clone(),
             engine: engine.clone(),
             cluster: cluster.clone(),
-            keys: Arc::new(config.api.keys.clone()),
-            open: config.dev_auth,
-            webhooks: config.webhooks.enabled().then_some(webhook_metrics),
+            keys: Arc::new(Keys::new(
+                &config.api.keys,
+                &config.api.scoped_keys,
+                config.dev_auth,
+            )),
+            webhooks,
+            metrics: Arc::new(api::metrics::NodeMetrics::new(registries)),
+            node: Arc::new((node_id, crate::vocab::now_ms())),
         };
         let mut routes = api::routes(state.clone());
         if config.demo.enabled {
             routes = routes.merge(demo::routes(&config.demo)?);
         }
-        let http = Arc::new(HttpService::new(routes, config.api.max_body_bytes).with_keys(&state));
+        let http = Arc::new(
+            HttpService::new(routes, config.api.max_body_bytes)
+                .with_keys(state.keys.clone(), state.metrics.api.clone()),
+        );
+        let admin = api::admin::service(state, &config.admin.password);
         Ok(Node {
             config,
             hub,
@@ -147,7 +183,30 @@ impl Node {
             delivery,
             cluster,
             http,
+            admin,
         })
+    }
+
+    /// Serves the admin listener (metrics, health, the admin page) on `listener` until
+    /// `shutdown` completes.
+    pub fn run_admin(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        // Its own small engine: no Socket.IO endpoint, a few connections.
+        let config = transport::EngineConfig {
+            max_connections: 256,
+            max_connections_per_ip: 0,
+            ..transport::EngineConfig::default()
+        };
+        let engine = Engine::new(config, Vec::new());
+        tokio::spawn(transport::serve(
+            listener,
+            engine,
+            Some(self.admin.clone()),
+            shutdown,
+        ))
     }
 
     /// Serves on `listener` until `shutdown` completes, then closes every session.
@@ -224,9 +283,90 @@ pub async fn serve(mut config: config::Config) -> anyhow::Result<()> {
         "listening"
     );
     println!("listening on {local}");
+    let admin = bind_admin(&node.config.admin).await?;
+    let admin_addr = admin
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or("off".to_owned(), |a| a.to_string());
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin.map(|listener| {
+        node.run_admin(listener, async {
+            let _ = admin_stopped.await;
+        })
+    });
+    summary(&node.config, local, &admin_addr);
     node.run(listener, shutdown_signal()).await;
+    let _ = stop_admin.send(());
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the admin listener, if one is configured. The default address taken by
+/// something else (say a node exporter, or another herald on this machine) is a
+/// warning; an address configured on purpose that cannot be bound stops the start.
+async fn bind_admin(admin: &api::admin::AdminConfig) -> anyhow::Result<Option<TcpListener>> {
+    if admin.listen.is_empty() {
+        return Ok(None);
+    }
+    match TcpListener::bind(&admin.listen).await {
+        Ok(l) => {
+            let local = l.local_addr().context("admin listener address")?;
+            tracing::info!(addr = %local, "admin listener (metrics, health, admin page)");
+            println!("admin listener on {local}");
+            Ok(Some(l))
+        }
+        Err(e) if admin.listen == api::admin::AdminConfig::default().listen => {
+            tracing::warn!(addr = %admin.listen, error = %e, "admin listener not started: its default address is taken; set admin.listen to a free port (or empty for none)");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on admin.listen {}", admin.listen)),
+    }
+}
+
+/// The start-up summary: what this node serves, where its messages live, who may
+/// connect, and the main limits.
+fn summary(config: &config::Config, local: std::net::SocketAddr, admin: &str) {
+    let auth = if config.dev_auth {
+        "dev (userId unverified)"
+    } else if !config.auth.jwt_secret.is_empty() {
+        "jwt (secret)"
+    } else if !config.auth.jwt_public_key_file.is_empty() {
+        "jwt (public key)"
+    } else {
+        "none (every client refused)"
+    };
+    let store = if config.store.url.starts_with("postgres") {
+        "postgres".to_owned()
+    } else if config.store.url.is_empty() {
+        format!("sqlite:{}", config.store.data_dir)
+    } else {
+        config.store.url.clone()
+    };
+    let cluster = if config.cluster.redis.is_empty() {
+        "single node".to_owned()
+    } else {
+        config::redact_url(&config.cluster.redis)
+    };
+    let t = &config.transport;
+    tracing::info!(
+        listen = %local,
+        admin,
+        store = %store,
+        cluster = %cluster,
+        auth,
+        anonymous = config.auth.anonymous,
+        api_keys = config.api.keys.len() + config.api.scoped_keys.len(),
+        webhooks = config.webhooks.enabled(),
+        max_connections = t.max_connections,
+        max_connections_per_ip = t.max_connections_per_ip,
+        max_sessions = t.max_sessions,
+        max_payload = t.max_payload,
+        max_connections_per_user = config.hub.max_connections_per_user,
+        "herald started"
+    );
 }
 
 async fn shutdown_signal() {

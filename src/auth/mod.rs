@@ -8,7 +8,7 @@ use crate::protocol::Handshake;
 use crate::vocab::UserId;
 
 /// Client authentication settings (`[auth]` in the config file).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Secret for HS256 (or HS384, HS512) client tokens. Default: none.
@@ -31,6 +31,25 @@ pub struct AuthConfig {
     /// Admit clients that show no credentials at all: they join no user's room and get
     /// broadcasts only. Default false; on with `--demo`.
     pub anonymous: bool,
+    /// Seconds a revocation (`revokeBefore` of `DELETE /api/v1/users/{id}/connections`)
+    /// stands: longer than any token you issue lives. Default 2,592,000 (30 days).
+    pub revocation_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            jwt_algorithm: String::new(),
+            leeway_secs: 0,
+            issuer: String::new(),
+            audience: String::new(),
+            on_expiry: OnExpiry::default(),
+            anonymous: false,
+            revocation_ttl_secs: 30 * 86_400,
+        }
+    }
 }
 
 /// What happens to a connection when its token expires.
@@ -66,6 +85,19 @@ pub enum AuthError {
     NotConfigured,
 }
 
+impl AuthError {
+    /// The reason label of `herald_client_connects_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing | AuthError::UserIdWithoutDev => "missing_token",
+            AuthError::Expired => "expired",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::BadUser => "bad_user",
+            AuthError::NotConfigured => "not_configured",
+        }
+    }
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
@@ -99,6 +131,7 @@ pub struct Authenticator {
 struct Claims {
     sub: Option<String>,
     exp: Option<u64>,
+    iat: Option<u64>,
 }
 
 /// Who a client is, and until when (Unix seconds; none in development mode).
@@ -106,6 +139,10 @@ struct Claims {
 pub struct Identity {
     pub user: String,
     pub expires: Option<u64>,
+    /// When the credential was issued (the token's `iat`, Unix seconds): `None` for a
+    /// token without one. Development mode has no token: its connects count as issued
+    /// now.
+    pub issued: Option<u64>,
 }
 
 impl Authenticator {
@@ -191,6 +228,7 @@ impl Authenticator {
                 Ok(Identity {
                     user: check_user(user)?,
                     expires: None,
+                    issued: Some(crate::vocab::now_ms() / 1000),
                 })
             }
             Mode::Jwt { key, validation } => {
@@ -206,6 +244,7 @@ impl Authenticator {
                 Ok(Identity {
                     user: check_user(data.claims.sub.unwrap_or_default())?,
                     expires: data.claims.exp,
+                    issued: data.claims.iat,
                 })
             }
         }
@@ -374,7 +413,8 @@ mod tests {
             id,
             Identity {
                 user: "a".into(),
-                expires: Some(exp)
+                expires: Some(exp),
+                issued: None,
             },
             "aud is ignored unless configured"
         );

@@ -108,6 +108,18 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn kick(&self, user: &str, revoke_before: Option<u64>) {
+        let Some((bus, me)) = &self.bus else { return };
+        for (i, node) in bus.nodes.lock().iter().enumerate() {
+            if i != *me {
+                let _ = node.inbound.send(Inbound::Kick {
+                    user: user.to_owned(),
+                    revoke_before,
+                });
+            }
+        }
+    }
+
     fn hold(&self, user: &str, connections: usize) {
         let Some((bus, me)) = &self.bus else { return };
         let mut nodes = bus.nodes.lock();

@@ -25,6 +25,28 @@ pub enum Inbound {
     /// Messages may have been missed (the broker was disconnected and is back): every
     /// local connection is to catch up from the store.
     Resync,
+    /// Another node was asked to disconnect a user everywhere (and, with
+    /// `revoke_before`, to refuse the user's tokens issued before that Unix second).
+    Kick {
+        user: String,
+        revoke_before: Option<u64>,
+    },
+}
+
+/// A node of the cluster, as the broker last heard from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub id: String,
+    /// Connections of signed-in users on the node.
+    pub connections: u64,
+    /// Users with a connection on the node.
+    pub users: u64,
+    pub version: String,
+    /// Unix ms at which the node started.
+    pub started_at: u64,
+    /// Unix ms of the figures above (refreshed every third of the presence TTL).
+    pub updated_at: u64,
 }
 
 /// A boxed future, for the broker's async methods.
@@ -41,6 +63,13 @@ pub trait Broker: Send + Sync + 'static {
     fn hold(&self, user: &str, connections: usize);
     /// `user`'s connections on the other nodes.
     fn remote_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, usize>;
+    /// Tells the other nodes to disconnect `user` (and, with `revoke_before`, to refuse
+    /// their tokens issued before that Unix second). Best effort, like a publish.
+    fn kick(&self, _user: &str, _revoke_before: Option<u64>) {}
+    /// The other nodes (alive), as they last reported themselves.
+    fn nodes(&self) -> BoxFuture<'_, Vec<NodeInfo>> {
+        Box::pin(async { Vec::new() })
+    }
     /// Whether messages flow to and from the other nodes now.
     fn healthy(&self) -> bool {
         true

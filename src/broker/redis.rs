@@ -26,8 +26,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::resp::{Commands, Published, RedisError, Reply, Subscriber};
-use super::{BoxFuture, Broker, Inbound};
-use crate::transport::engine::Counter;
+use super::{BoxFuture, Broker, Inbound, NodeInfo};
+use crate::metrics::{
+    counter, gauge, histogram, Histogram, IntCounter, IntGauge, Registry, LATENCY,
+};
 use crate::vocab::{Message, Target};
 
 /// Cluster settings (`[cluster]` in the config file).
@@ -54,17 +56,69 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Cluster counters.
-#[derive(Debug, Default)]
+/// Cluster metrics.
+#[derive(Debug)]
 pub struct ClusterMetrics {
+    pub registry: Registry,
+    /// Redis reachable and this node's subscriptions in place (1), or not (0).
+    pub up: IntGauge,
     /// Messages this node published to Redis.
-    pub published: Counter,
+    pub published: IntCounter,
     /// Messages this node received from Redis (pushes for users it holds, broadcasts).
-    pub received: Counter,
+    pub received: IntCounter,
     /// Publishes that failed because Redis was unreachable.
-    pub publish_failures: Counter,
+    pub publish_failures: IntCounter,
     /// Times this node (re)connected to Redis.
-    pub connects: Counter,
+    pub connects: IntCounter,
+    /// Commands that failed (connection lost, or an error reply).
+    pub errors: IntCounter,
+    /// From a PUBLISH queued to Redis's answer.
+    pub publish_seconds: Histogram,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        ClusterMetrics {
+            up: gauge(
+                &r,
+                "herald_redis_up",
+                "Redis reachable and this node's subscriptions in place.",
+            ),
+            published: counter(
+                &r,
+                "herald_redis_published_total",
+                "Messages published to Redis.",
+            ),
+            received: counter(
+                &r,
+                "herald_redis_received_total",
+                "Messages received from Redis.",
+            ),
+            publish_failures: counter(
+                &r,
+                "herald_redis_publish_failures_total",
+                "Publishes lost while Redis was away (the other nodes catch up from the store).",
+            ),
+            connects: counter(
+                &r,
+                "herald_redis_connects_total",
+                "Connections to Redis made (the first and every reconnect).",
+            ),
+            errors: counter(
+                &r,
+                "herald_redis_errors_total",
+                "Redis connections lost or commands refused.",
+            ),
+            publish_seconds: histogram(
+                &r,
+                "herald_redis_publish_seconds",
+                "A PUBLISH queued to Redis's answer.",
+                LATENCY,
+            ),
+            registry: r,
+        }
+    }
 }
 
 /// A push as it crosses Redis.
@@ -80,6 +134,9 @@ struct Wire<'a> {
     /// The user's seq, for stored messages.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     s: Option<u64>,
+    /// When the push was accepted, µs since the epoch (for the latency metric).
+    #[serde(default)]
+    u: u64,
 }
 
 struct Shared {
@@ -98,6 +155,10 @@ struct Shared {
     subscriber: Mutex<Option<Subscriber>>,
     /// Redis reachable and this node's subscriptions in place.
     up: AtomicBool,
+    /// Connections held here (the sum of `held`), for this node's entry in the nodes list.
+    connections: std::sync::atomic::AtomicU64,
+    /// Unix ms at which this node started.
+    started_at: u64,
     metrics: ClusterMetrics,
 }
 
@@ -112,6 +173,21 @@ fn channel(user: &str) -> Vec<u8> {
 }
 
 const ALL: &[u8] = b"herald:all";
+
+/// Orders for every node (disconnect a user, revoke their tokens).
+const CONTROL: &[u8] = b"herald:ctl";
+
+/// An order on [`CONTROL`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Control {
+    /// Origin node: it has done it already.
+    o: String,
+    /// Disconnect this user's connections.
+    kick: String,
+    /// And refuse their tokens issued before this Unix second.
+    #[serde(default)]
+    before: Option<u64>,
+}
 
 /// Every node's id. All of herald's keys share the hash tag `{herald}`, so on a Redis
 /// Cluster they live in one slot, on one shard, and one connection reaches them all.
@@ -212,6 +288,8 @@ impl RedisBroker {
             commands: Mutex::new(None),
             subscriber: Mutex::new(None),
             up: AtomicBool::new(false),
+            connections: 0.into(),
+            started_at: crate::vocab::now_ms(),
             metrics: ClusterMetrics::default(),
         });
         let broker = RedisBroker(shared);
@@ -249,6 +327,7 @@ impl RedisBroker {
                     backoff = Duration::from_millis(100);
                     self.0.metrics.connects.inc();
                     self.0.up.store(true, Ordering::Relaxed);
+                    self.0.metrics.up.set(1);
                     tracing::info!(node = %self.0.node, redis = %self.0.addr, "cluster connected");
                     if !first {
                         let _ = self.0.inbound.send(Inbound::Resync).await;
@@ -259,11 +338,14 @@ impl RedisBroker {
                         _ = sub_closed => {}
                     }
                     self.0.up.store(false, Ordering::Relaxed);
+                    self.0.metrics.up.set(0);
+                    self.0.metrics.errors.inc();
                     *self.0.commands.lock() = None;
                     *self.0.subscriber.lock() = None;
                     tracing::warn!(node = %self.0.node, "cluster connection to Redis lost; pushes stay local until it is back");
                 }
                 Err(e) => {
+                    self.0.metrics.errors.inc();
                     tracing::debug!(error = %e, "cannot reach Redis");
                 }
             }
@@ -306,14 +388,21 @@ impl RedisBroker {
             .collect();
         let mut channels: Vec<Vec<u8>> = users.iter().map(|(u, _)| channel(u)).collect();
         channels.push(ALL.to_vec());
+        channels.push(CONTROL.to_vec());
         for chunk in channels.chunks(512) {
             let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
             sub.subscribe(&refs)?;
         }
         let node = self.0.node.as_bytes();
         let ttl = self.0.ttl.as_secs().to_string();
-        cmds.call(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()])
-            .await?;
+        cmds.call(&[
+            b"SET",
+            &node_key(&self.0.node),
+            &self.info(),
+            b"EX",
+            ttl.as_bytes(),
+        ])
+        .await?;
         cmds.call(&[b"SADD", NODES, node]).await?;
         for (user, n) in &users {
             register(&cmds, &self.0.node, user, *n);
@@ -323,9 +412,67 @@ impl RedisBroker {
         Ok((cmd_closed, sub_closed))
     }
 
+    /// `user`'s connections on each other live node.
+    pub async fn presence_by_node(&self, user: &str) -> Vec<(String, u64)> {
+        let Some(cmds) = self.commands() else {
+            return Vec::new();
+        };
+        let Ok(reply) = cmds.call(&[b"HGETALL", &presence_key(user)]).await else {
+            return Vec::new();
+        };
+        let items = reply.into_array();
+        let mut out = Vec::new();
+        for pair in items.chunks(2) {
+            let (Some(node), Some(n)) = (pair[0].as_text(), pair.get(1).and_then(Reply::as_int))
+            else {
+                continue;
+            };
+            let alive = cmds
+                .call(&[b"EXISTS", &node_key(&node)])
+                .await
+                .ok()
+                .and_then(|r| r.as_int())
+                == Some(1);
+            if node != self.0.node && alive {
+                out.push((node, n.max(0) as u64));
+            }
+        }
+        out
+    }
+
+    /// This node as the others see it in the nodes list (the value of its liveness key).
+    fn info(&self) -> Vec<u8> {
+        let held = self.0.held.lock().len() as u64;
+        serde_json::to_vec(&NodeInfo {
+            id: self.0.node.clone(),
+            connections: self.0.connections.load(Ordering::Relaxed),
+            users: held,
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: self.0.started_at,
+            updated_at: crate::vocab::now_ms(),
+        })
+        .unwrap_or_default()
+    }
+
     /// Delivers what other nodes publish.
     async fn receive(self, mut rx: mpsc::Receiver<Published>) {
         while let Some(p) = rx.recv().await {
+            if p.channel == CONTROL {
+                match serde_json::from_slice::<Control>(&p.payload) {
+                    Ok(c) if c.o != self.0.node => {
+                        let kick = Inbound::Kick {
+                            user: c.kick,
+                            revoke_before: c.before,
+                        };
+                        if self.0.inbound.send(kick).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tracing::warn!("undecodable cluster order ignored"),
+                }
+                continue;
+            }
             let Ok(w) = serde_json::from_slice::<Wire<'_>>(&p.payload) else {
                 tracing::warn!("undecodable cluster message ignored");
                 continue;
@@ -349,6 +496,7 @@ impl RedisBroker {
             let msg = Message {
                 id: w.i.to_owned(),
                 ts: w.t,
+                accepted_us: w.u,
                 event: w.e.to_owned(),
                 data: w.d.to_owned(),
                 target,
@@ -368,7 +516,13 @@ impl RedisBroker {
                 continue;
             };
             let ttl = self.0.ttl.as_secs().to_string();
-            let _ = cmds.send(&[b"SET", &node_key(&self.0.node), b"1", b"EX", ttl.as_bytes()]);
+            let _ = cmds.send(&[
+                b"SET",
+                &node_key(&self.0.node),
+                &self.info(),
+                b"EX",
+                ttl.as_bytes(),
+            ]);
             let _ = cmds.send(&[b"SADD", NODES, self.0.node.as_bytes()]);
             if let Err(e) = janitor(&cmds, &self.0.node).await {
                 tracing::debug!(error = %e, "presence janitor");
@@ -381,7 +535,10 @@ impl RedisBroker {
             self.0.metrics.publish_failures.inc();
             return;
         };
-        match cmds.send(&[b"PUBLISH", channel, payload]) {
+        match cmds.send_timed(
+            &[b"PUBLISH", channel, payload],
+            &self.0.metrics.publish_seconds,
+        ) {
             Ok(()) => self.0.metrics.published.inc(),
             Err(_) => self.0.metrics.publish_failures.inc(),
         }
@@ -461,6 +618,7 @@ impl Broker for RedisBroker {
                 e: &msg.event,
                 d: data,
                 s: seq,
+                u: msg.accepted_us,
             })
             .unwrap_or_default()
         };
@@ -483,11 +641,14 @@ impl Broker for RedisBroker {
     fn hold(&self, user: &str, connections: usize) {
         {
             let mut held = self.0.held.lock();
-            if connections == 0 {
-                held.remove(user);
+            let before = if connections == 0 {
+                held.remove(user)
             } else {
-                held.insert(user.to_owned(), connections);
-            }
+                held.insert(user.to_owned(), connections)
+            };
+            let total = &self.0.connections;
+            total.fetch_add(connections as u64, Ordering::Relaxed);
+            total.fetch_sub(before.unwrap_or(0) as u64, Ordering::Relaxed);
         }
         if connections <= 1 {
             let sub = self.0.subscriber.lock();
@@ -540,6 +701,45 @@ impl Broker for RedisBroker {
 
     fn healthy(&self) -> bool {
         self.is_up()
+    }
+
+    fn kick(&self, user: &str, revoke_before: Option<u64>) {
+        let order = Control {
+            o: self.0.node.clone(),
+            kick: user.to_owned(),
+            before: revoke_before,
+        };
+        if let Ok(payload) = serde_json::to_vec(&order) {
+            self.publish_to(CONTROL, &payload);
+        }
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Vec<NodeInfo>> {
+        Box::pin(async move {
+            let Some(cmds) = self.commands() else {
+                return Vec::new();
+            };
+            let Ok(ids) = cmds.call(&[b"SMEMBERS", NODES]).await else {
+                return Vec::new();
+            };
+            let mut nodes = Vec::new();
+            for id in ids.into_array().iter().filter_map(Reply::as_text) {
+                if id == self.0.node {
+                    continue;
+                }
+                // A node whose liveness key has expired is gone (the janitor removes it).
+                if let Ok(Some(info)) = cmds
+                    .call(&[b"GET", &node_key(&id)])
+                    .await
+                    .map(|r| r.as_text())
+                {
+                    if let Ok(n) = serde_json::from_str::<NodeInfo>(&info) {
+                        nodes.push(n);
+                    }
+                }
+            }
+            nodes
+        })
     }
 
     /// Removes this node from presence.

@@ -175,20 +175,29 @@ fn run(
     closed
 }
 
+/// Who waits for a command's reply.
+enum Waiter {
+    /// Nobody: the reply is discarded.
+    Nobody,
+    /// A caller.
+    Caller(oneshot::Sender<Reply>),
+    /// Nobody, but the time from sending to the reply is recorded.
+    Timed(std::time::Instant, crate::metrics::Histogram),
+}
+
 /// A command connection: commands are pipelined, replies matched in order.
 #[derive(Clone)]
 pub struct Commands {
-    tx: mpsc::Sender<(Vec<u8>, Option<oneshot::Sender<Reply>>)>,
+    tx: mpsc::Sender<(Vec<u8>, Waiter)>,
 }
 
 impl Commands {
     /// Connects; the connection's task ends (and `closed` completes) when it breaks.
     pub async fn connect(addr: &str) -> io::Result<(Commands, oneshot::Receiver<()>)> {
         let (mut r, mut w) = dial(addr).await?.into_split();
-        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Option<oneshot::Sender<Reply>>)>(65_536);
+        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Waiter)>(65_536);
         // Who waits for each reply, in the order the commands were written.
-        let (pending_tx, mut pending_rx) =
-            mpsc::unbounded_channel::<Option<oneshot::Sender<Reply>>>();
+        let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Waiter>();
         let writer = async move {
             let mut out = Vec::new();
             while let Some((cmd, reply)) = rx.recv().await {
@@ -213,10 +222,11 @@ impl Commands {
             let mut buf = BytesMut::with_capacity(4096);
             while let Some(reply) = next_reply(&mut r, &mut buf).await {
                 match pending_rx.recv().await {
-                    Some(Some(tx)) => {
+                    Some(Waiter::Caller(tx)) => {
                         let _ = tx.send(reply);
                     }
-                    Some(None) => {}
+                    Some(Waiter::Timed(at, h)) => h.observe(at.elapsed().as_secs_f64()),
+                    Some(Waiter::Nobody) => {}
                     None => return,
                 }
             }
@@ -230,7 +240,7 @@ impl Commands {
         encode(args, &mut cmd);
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((cmd, Some(tx)))
+            .send((cmd, Waiter::Caller(tx)))
             .await
             .map_err(|_| RedisError::Disconnected)?;
         match rx.await.map_err(|_| RedisError::Disconnected)? {
@@ -242,10 +252,23 @@ impl Commands {
     /// Sends a command without waiting for its reply (its reply is discarded). Fails
     /// only if the connection is gone or its queue is full.
     pub fn send(&self, args: &[&[u8]]) -> Result<(), RedisError> {
+        self.queue(args, Waiter::Nobody)
+    }
+
+    /// [`Commands::send`], recording the time until Redis answers in `took`.
+    pub fn send_timed(
+        &self,
+        args: &[&[u8]],
+        took: &crate::metrics::Histogram,
+    ) -> Result<(), RedisError> {
+        self.queue(args, Waiter::Timed(std::time::Instant::now(), took.clone()))
+    }
+
+    fn queue(&self, args: &[&[u8]], waiter: Waiter) -> Result<(), RedisError> {
         let mut cmd = Vec::new();
         encode(args, &mut cmd);
         self.tx
-            .try_send((cmd, None))
+            .try_send((cmd, waiter))
             .map_err(|_| RedisError::Disconnected)
     }
 }

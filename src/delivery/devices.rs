@@ -17,20 +17,39 @@ fn shows_credentials(hs: &Handshake<'_>) -> bool {
     in_auth || hs.query_param("token").is_some() || hs.query_param("userId").is_some()
 }
 
-/// Logs a refused connect with its reason and the client's address (never a token), at
-/// most once a second.
-fn refused(socket: &Socket, reason: &str) {
+/// Counts a refused connect by `label`, and logs it with its reason, the user when
+/// known and the client's address (never a token), at most once a second.
+fn refused(
+    delivery: &Delivery,
+    socket: &Socket,
+    label: &'static str,
+    reason: &str,
+    user: Option<&str>,
+) {
+    delivery
+        .metrics
+        .connects_refused
+        .with_label_values(&[label])
+        .inc();
     static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
     if let Some(held) = EVERY.allow(1000) {
         let session = socket.session();
         tracing::warn!(
             reason,
+            user,
             remote = ?session.counted_ip(),
             eio = ?session.eio(),
             similar_since = held,
             "client connect refused"
         );
     }
+}
+
+/// The device id a connection gave at connect, if any (for the admin page).
+pub fn device_of(socket: &Socket) -> Option<String> {
+    socket
+        .data::<Client>()
+        .and_then(|c| c.device.as_deref().map(str::to_owned))
 }
 
 /// Longest device id accepted.
@@ -175,7 +194,8 @@ impl Handler for Devices {
                 self.delivery
                     .join(ANONYMOUS, socket, Resume::Live)
                     .map_err(|e| {
-                        refused(socket, &e.to_string());
+                        let d = &self.delivery;
+                        refused(d, socket, "too_many_connections", &e.to_string(), None);
                         ConnectError::new(e.to_string())
                     })?;
                 socket.set_data(Client {
@@ -187,14 +207,35 @@ impl Handler for Devices {
                 return Ok(());
             }
             Err(e) => {
-                refused(socket, &format!("unauthorized: {e}"));
-                return Err(ConnectError::new(format!("unauthorized: {e}")));
+                let reason = format!("unauthorized: {e}");
+                refused(&self.delivery, socket, e.label(), &reason, None);
+                return Err(ConnectError::new(reason));
             }
         };
         let user = identity.user;
-        let (resume, device) = resume_of(hs).inspect_err(|e| refused(socket, &e.message))?;
+        if self.delivery.is_revoked(&user, identity.issued) {
+            let reason = "unauthorized: token revoked (issued before the user's revokeBefore)";
+            refused(&self.delivery, socket, "revoked", reason, Some(&user));
+            return Err(ConnectError::new(reason));
+        }
+        let (resume, device) = resume_of(hs).inspect_err(|e| {
+            refused(
+                &self.delivery,
+                socket,
+                "bad_request",
+                &e.message,
+                Some(&user),
+            )
+        })?;
         self.delivery.join(&user, socket, resume).map_err(|e| {
-            refused(socket, &e.to_string());
+            let d = &self.delivery;
+            refused(
+                d,
+                socket,
+                "too_many_connections",
+                &e.to_string(),
+                Some(&user),
+            );
             ConnectError::new(e.to_string())
         })?;
         tracing::debug!(user = %user, socket = %socket.id(), ?resume, "connected");

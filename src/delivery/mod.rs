@@ -16,6 +16,7 @@
 //! It is the only caller of the hub's deliver and replay functions. [`devices`] is the
 //! root namespace: it admits clients and hands them to the rules here.
 
+pub mod controls;
 pub mod devices;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,9 @@ pub struct Delivery {
     /// Where a user's first connection here and their last one going are reported, for
     /// `user.online` / `user.offline` webhooks (unset when neither is wanted).
     presence: OnceLock<PresenceReports>,
+    /// Tokens refused per user (see [`controls`]).
+    revoked: controls::Revoked,
+    pub metrics: controls::DeliveryMetrics,
 }
 
 /// Presence changes on their way to the outbox, in the order they happened here.
@@ -82,6 +86,8 @@ impl Delivery {
             broker,
             may_miss,
             presence: OnceLock::new(),
+            revoked: controls::Revoked::default(),
+            metrics: controls::DeliveryMetrics::default(),
         })
     }
 
@@ -180,7 +186,15 @@ impl Delivery {
                 for (user, socket, after) in self.hub.hold_all() {
                     tokio::spawn(self.clone().catch_up(socket, user, after));
                 }
+                // Orders sent while the broker was away were missed too.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.load_revocations().await {
+                        tracing::warn!(error = %e, "cannot reload token revocations");
+                    }
+                });
             }
+            kick @ Inbound::Kick { .. } => self.kicked_elsewhere(kick),
         }
     }
 

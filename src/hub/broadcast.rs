@@ -23,9 +23,16 @@ pub(super) async fn fan_out_task(b: Arc<Broadcasts>, hub: Weak<Hub>) {
 /// Broadcasts waiting for the fan-out task.
 #[derive(Default)]
 pub(super) struct Broadcasts {
-    pub(super) pending: Mutex<Vec<Vec<Outbound>>>,
+    pub(super) pending: Mutex<Pending>,
     pub(super) notify: tokio::sync::Notify,
     pub(super) started: OnceLock<()>,
+}
+
+/// Broadcasts waiting, and when each was accepted (µs since the epoch).
+#[derive(Default)]
+pub(super) struct Pending {
+    packets: Vec<Vec<Outbound>>,
+    accepted_us: Vec<u64>,
 }
 
 /// Broadcasts waiting beyond this are fanned out by the pusher itself (which slows a
@@ -35,22 +42,23 @@ const MAX_PENDING_BROADCASTS: usize = 1024;
 impl Hub {
     /// Hands a broadcast to the fan-out task (started on first use), or fans out at
     /// once where there is no runtime, or too many broadcasts wait.
-    pub(super) fn broadcast(&self, packets: Vec<Outbound>) {
+    pub(super) fn broadcast(&self, packets: Vec<Outbound>, accepted_us: u64) {
         let b = &self.broadcasts;
         self.unfinished.fetch_add(1, Ordering::AcqRel);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.fan_out_now(packets);
+            return self.fan_out_now(packets, accepted_us);
         };
         b.started.get_or_init(|| {
             rt.spawn(fan_out_task(b.clone(), self.me.clone()));
         });
         let mut pending = b.pending.lock();
-        if pending.len() >= MAX_PENDING_BROADCASTS {
+        if pending.packets.len() >= MAX_PENDING_BROADCASTS {
             drop(pending);
-            return self.fan_out_now(packets);
+            return self.fan_out_now(packets, accepted_us);
         }
-        pending.push(packets);
-        let first = pending.len() == 1;
+        pending.packets.push(packets);
+        pending.accepted_us.push(accepted_us);
+        let first = pending.packets.len() == 1;
         drop(pending);
         if first {
             b.notify.notify_one();
@@ -58,10 +66,11 @@ impl Hub {
     }
 
     /// Fans out `packets` now, after every broadcast accepted before it.
-    fn fan_out_now(&self, packets: Vec<Outbound>) {
+    fn fan_out_now(&self, packets: Vec<Outbound>, accepted_us: u64) {
         let _order = self.fanning_out.lock();
         let mut batch = self.take_pending();
-        batch.push(packets);
+        batch.packets.push(packets);
+        batch.accepted_us.push(accepted_us);
         self.fan_out_locked(&batch);
     }
 
@@ -70,20 +79,21 @@ impl Hub {
     pub fn flush_broadcasts(&self) {
         let _order = self.fanning_out.lock();
         let batch = self.take_pending();
-        if !batch.is_empty() {
+        if !batch.packets.is_empty() {
             self.fan_out_locked(&batch);
         }
     }
 
     /// Takes the waiting broadcasts; call with `fanning_out` held, and fan them out
     /// before letting go of it.
-    fn take_pending(&self) -> Vec<Vec<Outbound>> {
+    fn take_pending(&self) -> Pending {
         std::mem::take(&mut *self.broadcasts.pending.lock())
     }
 
     /// Queues every broadcast of `batch`, in order, on every socket: one visit each.
     /// Call with `fanning_out` held.
-    fn fan_out_locked(&self, batch: &[Vec<Outbound>]) {
+    fn fan_out_locked(&self, pending: &Pending) {
+        let batch = &pending.packets[..];
         let mut ok = 0;
         let mut sockets = 0;
         for shard in self.shards.iter() {
@@ -95,10 +105,17 @@ impl Hub {
                 }
             }
         }
-        self.metrics.deliveries.add(ok as u64);
+        self.metrics.deliveries.inc_by(ok as u64);
         self.metrics
             .delivery_failures
-            .add((sockets * batch.len() - ok) as u64);
+            .inc_by((sockets * batch.len() - ok) as u64);
+        if sockets > 0 {
+            for at in &pending.accepted_us {
+                self.metrics
+                    .latency
+                    .observe(crate::metrics::seconds_since(*at));
+            }
+        }
         // Every broadcast was counted when it was accepted.
         self.unfinished.fetch_sub(batch.len(), Ordering::AcqRel);
     }

@@ -16,13 +16,15 @@ use std::sync::{Arc, Weak};
 
 mod broadcast;
 mod member;
+mod probe;
 
 use broadcast::Broadcasts;
 use member::{Member, Replay};
+use probe::AckProbe;
 
+use crate::metrics::{counter, histogram, Histogram, IntCounter, Registry, LATENCY};
 use crate::protocol::packet;
 use crate::protocol::{Args, Socket};
-use crate::transport::engine::Counter;
 use crate::transport::Outbound;
 use crate::vocab::{Message, StoredMessage, Target};
 use parking_lot::Mutex;
@@ -113,13 +115,57 @@ pub enum JoinError {
     TooManyConnections,
 }
 
-/// Hub counters.
-#[derive(Debug, Default)]
+/// Hub metrics.
+#[derive(Debug)]
 pub struct HubMetrics {
+    pub registry: Registry,
     /// Packets queued to sockets by pushes.
-    pub deliveries: Counter,
+    pub deliveries: IntCounter,
     /// Deliveries that failed because a socket's queue was full or it had closed.
-    pub delivery_failures: Counter,
+    pub delivery_failures: IntCounter,
+    /// From a push's acceptance (on whichever node) to its packets queued for this
+    /// node's connections: once per push and node.
+    pub latency: Histogram,
+    /// Acks received for stored messages.
+    pub acks: IntCounter,
+    /// Ack round trips, sampled.
+    probe: AckProbe,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        HubMetrics {
+            deliveries: counter(
+                &r,
+                "herald_deliveries_total",
+                "Packets queued to connections by pushes (live, resumed and replayed).",
+            ),
+            delivery_failures: counter(
+                &r,
+                "herald_delivery_failures_total",
+                "Packets not queued because the connection's queue was full or it had closed.",
+            ),
+            latency: histogram(
+                &r,
+                "herald_delivery_seconds",
+                "Push accepted (on any node) to its packets queued on this node's connections: one observation per push reaching this node.",
+                LATENCY,
+            ),
+            acks: counter(
+                &r,
+                "herald_acks_total",
+                "Acks of stored messages received from clients.",
+            ),
+            probe: AckProbe::new(histogram(
+                &r,
+                "herald_ack_round_trip_seconds",
+                "A stored message queued to a connection until that connection acks it (sampled: one in flight per node).",
+                LATENCY,
+            )),
+            registry: r,
+        }
+    }
 }
 
 const SHARDS: usize = 32;
@@ -253,6 +299,15 @@ impl Hub {
         self.shard(user).lock().get(user).map_or(0, Vec::len)
     }
 
+    /// `user`'s connections on this node.
+    pub fn user_sockets(&self, user: &str) -> Vec<Socket> {
+        self.shard(user)
+            .lock()
+            .get(user)
+            .map(|ms| ms.iter().map(|m| m.socket.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Number of users with at least one connection.
     pub fn users(&self) -> usize {
         let rooms: usize = self.shards.iter().map(|s| s.lock().len()).sum();
@@ -278,24 +333,29 @@ impl Hub {
         match &msg.target {
             Target::Users(users) => {
                 let packets = encode_live(msg);
+                let mut reached = 0;
                 for user in users {
                     let shard = self.shard(user).lock();
                     if let Some(members) = shard.get(user.as_str()) {
                         queued += self.send(members.iter().map(|m| &m.socket), &packets);
+                        reached += 1;
                     }
                 }
+                self.observe_latency(msg, reached);
             }
             Target::All => {
                 // Answered with the sockets in rooms now; the fan-out follows shortly.
                 queued = self.held.load(Ordering::Relaxed);
-                self.broadcast(encode_live(msg));
+                self.broadcast(encode_live(msg), msg.accepted_us);
             }
             Target::Stored(seqs) => {
+                let mut reached = 0;
                 for (user, seq) in seqs {
                     let mut shard = self.shard(user).lock();
                     let Some(members) = shard.get_mut(user.as_str()) else {
                         continue;
                     };
+                    reached += 1;
                     // Encoded once per user: the ack id (the seq) differs between users.
                     let packets = encode_stored(&msg.id, *seq, msg.ts, &msg.event, msg.data.get());
                     for m in members.iter_mut() {
@@ -308,9 +368,19 @@ impl Hub {
                         }
                     }
                 }
+                self.observe_latency(msg, reached);
             }
         }
         Delivery { queued, gaps }
+    }
+
+    /// Records how long `msg` took to reach this node's connections, if it reached
+    /// any (one observation per push and node, whatever the number of users).
+    fn observe_latency(&self, msg: &Message, users: u64) {
+        if users > 0 && msg.accepted_us > 0 {
+            let took = crate::metrics::seconds_since(msg.accepted_us);
+            self.metrics.latency.observe(took);
+        }
     }
 
     /// Sends or holds one stored copy for one connection.
@@ -347,6 +417,7 @@ impl Hub {
     fn send_stored(&self, m: &mut Member, seq: u64, packets: &[Outbound]) -> usize {
         let n = self.send(std::iter::once(&m.socket), packets);
         if n > 0 {
+            self.metrics.probe.sent(m.socket.session().sid(), seq);
             m.sent(seq);
         } else {
             m.refused(seq);
@@ -403,9 +474,12 @@ impl Hub {
         ReplayEnd::Live
     }
 
-    /// Whether `seq` has been queued to this connection (acks for anything else are
-    /// ignored: a client cannot mark delivered what it was never sent).
+    /// A connection acked `seq` (counted, and timed if probed): whether `seq` has been
+    /// queued to it (acks for anything else are ignored: a client cannot mark delivered
+    /// what it was never sent).
     pub fn was_sent(&self, user: &str, socket: &Socket, seq: u64) -> bool {
+        self.metrics.acks.inc();
+        self.metrics.probe.acked(socket.session().sid(), seq);
         let shard = self.shard(user).lock();
         shard
             .get(user)
@@ -450,7 +524,7 @@ impl Hub {
                 Err(_) => self.metrics.delivery_failures.inc(),
             }
         }
-        self.metrics.deliveries.add(ok as u64);
+        self.metrics.deliveries.inc_by(ok as u64);
         ok
     }
 }

@@ -18,6 +18,9 @@ mod data;
 pub use data::check_data;
 
 use crate::delivery::Delivery;
+use crate::metrics::{
+    counter_vec, histogram, Histogram, IntCounter, IntCounterVec, Registry, LATENCY,
+};
 use crate::store::{NewMessage, Store, StoreError};
 use crate::vocab::{now_ms, Message, Target, UserId};
 
@@ -168,6 +171,84 @@ pub struct PushService {
     store: Store,
     /// Idempotency keys of volatile pushes (durable ones are kept in the store).
     idempotency: Mutex<Idempotency>,
+    pub metrics: PushMetrics,
+}
+
+/// Push metrics.
+#[derive(Debug)]
+pub struct PushMetrics {
+    pub registry: Registry,
+    /// Pushes accepted: durable, volatile, broadcast (resolved once, by [`Kind`]).
+    accepted: [IntCounter; 3],
+    /// Pushes refused, by reason.
+    pub refused: IntCounterVec,
+    /// A durable push from acceptance to its commit.
+    commit_seconds: Histogram,
+}
+
+/// What a push is, for the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Durable,
+    Volatile,
+    Broadcast,
+}
+
+impl Kind {
+    fn of(req: &PushRequest) -> Kind {
+        if req.to.all == Some(true) {
+            Kind::Broadcast
+        } else if req.volatile == Some(true) {
+            Kind::Volatile
+        } else {
+            Kind::Durable
+        }
+    }
+}
+
+impl Default for PushMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let accepted = counter_vec(
+            &r,
+            "herald_pushes_total",
+            "Pushes accepted, by kind (durable, volatile, broadcast).",
+            &["kind"],
+        );
+        let refused = counter_vec(
+            &r,
+            "herald_pushes_refused_total",
+            "Pushes refused by the push service, by reason (invalid, idempotency_conflict, store_unavailable); refusals before it (401, 403, 413, malformed JSON) are in herald_api_requests_total.",
+            &["reason"],
+        );
+        for reason in ["invalid", "idempotency_conflict", "store_unavailable"] {
+            refused.with_label_values(&[reason]);
+        }
+        PushMetrics {
+            accepted: ["durable", "volatile", "broadcast"]
+                .map(|k| accepted.with_label_values(&[k])),
+            refused,
+            commit_seconds: histogram(
+                &r,
+                "herald_push_commit_seconds",
+                "A durable push from its acceptance to its commit in the store.",
+                LATENCY,
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl PushError {
+    /// The reason label of `herald_pushes_refused_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            PushError::Invalid(_) => "invalid",
+            PushError::IdempotencyConflict => "idempotency_conflict",
+            PushError::Store(StoreError::IdempotencyConflict) => "idempotency_conflict",
+            PushError::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Delivers committed messages, one at a time, in commit order.
@@ -187,11 +268,22 @@ impl PushService {
             delivery,
             store,
             idempotency: Mutex::new(Idempotency::default()),
+            metrics: PushMetrics::default(),
         }
     }
 
     /// Validates a push and delivers it; a durable push answers once it is stored.
     pub async fn push(&self, req: PushRequest) -> Result<PushResult, PushError> {
+        let kind = Kind::of(&req);
+        let result = self.accept(req).await;
+        match &result {
+            Ok(_) => self.metrics.accepted[kind as usize].inc(),
+            Err(e) => self.metrics.refused.with_label_values(&[e.reason()]).inc(),
+        }
+        result
+    }
+
+    async fn accept(&self, req: PushRequest) -> Result<PushResult, PushError> {
         let target = self.validate(&req)?;
         if let Target::Users(users) = &target {
             if req.volatile != Some(true) {
@@ -267,12 +359,17 @@ impl PushService {
         let msg = NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             ts: now_ms(),
+            accepted_us: crate::metrics::now_us(),
             event: req.event.clone(),
             data: req.data.get().to_owned(),
             users,
             idempotency: req.idempotency_key.clone().zip(fingerprint),
         };
+        let started = std::time::Instant::now();
         let stored = self.store.append(msg).await?;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(PushResult {
             id: stored.id,
             ts: stored.ts,
@@ -331,12 +428,12 @@ impl PushService {
     }
 
     fn send(&self, req: PushRequest, target: Target) -> PushResult {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let accepted_us = crate::metrics::now_us();
+        let ts = accepted_us / 1000;
         let msg = Message {
             id: uuid::Uuid::now_v7().to_string(),
             ts,
+            accepted_us,
             event: req.event,
             data: req.data,
             target,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Registry;
 pub use crate::vocab::{now_ms, StoredMessage};
 use crate::vocab::{Message, Target};
 
@@ -146,6 +147,8 @@ impl From<serde_json::Error> for StoreError {
 pub struct NewMessage {
     pub id: String,
     pub ts: u64,
+    /// When it was accepted, µs since the epoch (see [`Message::accepted_us`]).
+    pub accepted_us: u64,
     pub event: String,
     /// JSON text.
     pub data: String,
@@ -262,6 +265,21 @@ pub(crate) enum WriteOp {
         device: String,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Erases a user's stored messages, device positions and read state; answers the
+    /// copies erased.
+    Erase {
+        user: String,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Refuses a user's tokens issued before `before` (Unix seconds), for `keep_ms`;
+    /// answers the (highest) `before` stored.
+    Revoke {
+        user: String,
+        before: u64,
+        at: u64,
+        keep_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
     /// The webhook outbox.
     Hook(HookOp),
     /// A write that changes nothing, to learn whether the store can write now.
@@ -298,6 +316,19 @@ pub(crate) enum ReadOp {
     Outbox {
         reply: oneshot::Sender<Result<OutboxStats, StoreError>>,
     },
+    /// Revocations made at or after `since` (Unix ms).
+    Revocations {
+        since: u64,
+        reply: oneshot::Sender<Result<Vec<Revocation>, StoreError>>,
+    },
+}
+
+/// A user's tokens issued before `before` (Unix seconds) are refused; set at `at` (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub user: String,
+    pub before: u64,
+    pub at: u64,
 }
 
 /// The durable inbox. Cheap to clone.
@@ -335,6 +366,11 @@ impl Store {
             config: Arc::new(config),
             health,
         })
+    }
+
+    /// The store's metrics.
+    pub fn metrics(&self) -> &Registry {
+        &self.health.metrics.registry
     }
 
     /// Whether the store can write now: yes if a commit succeeded within the last
@@ -527,6 +563,35 @@ impl Store {
     }
 
     /// Whether a durable push within the idempotency window used `key`.
+    /// Erases `user`'s stored messages (their copies, and messages no one else holds),
+    /// device positions and read state (a deletion request). The user's seq counter
+    /// stays, so that the seqs their devices hold keep their meaning. Answers the
+    /// copies erased.
+    pub async fn erase_user(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.write(|reply| WriteOp::Erase { user, reply }).await
+    }
+
+    /// Refuses `user`'s tokens issued before `before` (Unix seconds) from now on, for
+    /// `keep_ms`. Answers the `before` in force (a later one already stored wins).
+    pub async fn revoke(&self, user: &str, before: u64, keep_ms: u64) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.write(|reply| WriteOp::Revoke {
+            user,
+            before,
+            at: now_ms(),
+            keep_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Revocations made at or after `since` (Unix ms).
+    pub async fn revocations(&self, since: u64) -> Result<Vec<Revocation>, StoreError> {
+        self.read(|reply| ReadOp::Revocations { since, reply })
+            .await
+    }
+
     pub async fn idempotency_key_used(&self, key: &str) -> Result<bool, StoreError> {
         self.read(|reply| ReadOp::IdempotencyKey {
             key: key.to_owned(),
@@ -615,7 +680,9 @@ pub(crate) fn pending(op: WriteOp) -> Done {
         WriteOp::Read { reply, .. } => Done::Read(reply, 0),
         WriteOp::Delivered { .. } => Done::Nothing,
         WriteOp::Sweep(_, reply) | WriteOp::Probe(reply) => Done::Sweep(reply, 0),
-        WriteOp::Device { reply, .. } => Done::Read(reply, 0),
+        WriteOp::Device { reply, .. }
+        | WriteOp::Erase { reply, .. }
+        | WriteOp::Revoke { reply, .. } => Done::Read(reply, 0),
         WriteOp::Hook(op) => match op {
             HookOp::Add { reply, .. } | HookOp::ScanUndelivered { reply, .. } => {
                 Done::Sweep(reply, 0)
@@ -681,6 +748,7 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
     Some(Arc::new(Message {
         id: msg.id.clone(),
         ts: msg.ts,
+        accepted_us: msg.accepted_us,
         event: msg.event.clone(),
         data,
         target: Target::Stored(seqs.to_vec()),
@@ -688,7 +756,7 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
 }
 
 /// Schema steps, applied in order; the store records how many have run.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE users (
     user_id TEXT PRIMARY KEY,
@@ -745,5 +813,14 @@ CREATE TABLE webhook_marks (
     name TEXT PRIMARY KEY,
     at BIGINT NOT NULL
 );
+"#,
+    // Tokens refused per user (`DELETE /api/v1/users/{id}/connections` with revokeBefore).
+    r#"
+CREATE TABLE revocations (
+    user_id TEXT PRIMARY KEY,
+    issued_before BIGINT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX revocations_at ON revocations (at);
 "#,
 ];

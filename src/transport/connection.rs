@@ -27,6 +27,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason.
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::TransportClose,
+        CloseReason::TransportError,
+        CloseReason::PingTimeout,
+        CloseReason::ParseError,
+        CloseReason::QueueOverflow,
+        CloseReason::HandshakeTimeout,
+        CloseReason::ServerClose,
+        CloseReason::CredentialsExpired,
+    ];
+
     /// The reason as the Node reference server names it.
     pub fn as_str(self) -> &'static str {
         match self {

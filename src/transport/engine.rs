@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,9 @@ use super::config::EngineConfig;
 use super::limits::PerIp;
 use super::packet::Eio;
 use super::session::{Connection, Session, Sid};
+use crate::metrics::{
+    counter, counter_vec, gauge_vec, IntCounter, IntCounterVec, IntGaugeVec, Registry,
+};
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
@@ -23,39 +26,103 @@ impl Drop for EngineInner {
     }
 }
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// Transport metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Every metric below, for the scrape.
+    pub registry: Registry,
+    /// Sessions opened (Engine.IO handshakes completed).
+    pub sessions_opened: IntCounter,
+    /// Open sessions by transport and revision; set at each scrape.
+    pub connections: IntGaugeVec,
+    /// Sessions ended, by reason.
+    pub disconnects: IntCounterVec,
+    /// TCP connections refused at `max_connections`.
+    pub connections_refused: IntCounter,
+    /// Connections refused because their address held `max_connections_per_ip`.
+    pub connections_refused_per_ip: IntCounter,
+    /// Handshakes refused because their address exceeded `max_handshakes_per_ip_per_sec`.
+    pub handshakes_refused: IntCounter,
+    /// Requests whose head or body did not arrive within its deadline.
+    pub request_timeouts: IntCounter,
+    pub protocol_errors: IntCounter,
+    /// Packets dropped at a full client queue (`overflow = "drop"`).
+    pub queue_overflow_drops: IntCounter,
+    pub queue_overflow_disconnects: IntCounter,
+    pub upgrades: IntCounter,
+    pub http_errors: IntCounter,
 }
 
-/// Transport counters, exported as metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub sessions_opened: Counter,
-    pub sessions_closed: Counter,
-    pub connections_refused: Counter,
-    /// Connections refused because their address held `max_connections_per_ip`.
-    pub connections_refused_per_ip: Counter,
-    /// Handshakes refused because their address exceeded `max_handshakes_per_ip_per_sec`.
-    pub handshakes_refused: Counter,
-    /// Requests whose head or body did not arrive within its deadline.
-    pub request_timeouts: Counter,
-    pub protocol_errors: Counter,
-    pub queue_overflow_drops: Counter,
-    pub queue_overflow_disconnects: Counter,
-    pub upgrades: Counter,
-    pub http_errors: Counter,
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let m = Metrics {
+            sessions_opened: counter(&r, "herald_handshakes_total", "Engine.IO sessions opened."),
+            connections: gauge_vec(
+                &r,
+                "herald_connections",
+                "Open Engine.IO sessions, by transport (polling, websocket) and Engine.IO revision (3, 4).",
+                &["transport", "eio"],
+            ),
+            disconnects: counter_vec(
+                &r,
+                "herald_disconnects_total",
+                "Engine.IO sessions ended, by reason.",
+                &["reason"],
+            ),
+            connections_refused: counter(
+                &r,
+                "herald_connections_refused_total",
+                "TCP connections refused at transport.max_connections.",
+            ),
+            connections_refused_per_ip: counter(
+                &r,
+                "herald_connections_refused_per_ip_total",
+                "TCP connections refused at transport.max_connections_per_ip.",
+            ),
+            handshakes_refused: counter(
+                &r,
+                "herald_handshakes_refused_total",
+                "Handshakes refused at transport.max_handshakes_per_ip_per_sec or max_sessions.",
+            ),
+            request_timeouts: counter(
+                &r,
+                "herald_request_timeouts_total",
+                "Requests whose head or body, or responses, did not arrive in time.",
+            ),
+            protocol_errors: counter(
+                &r,
+                "herald_protocol_errors_total",
+                "Connections ended for a protocol violation.",
+            ),
+            queue_overflow_drops: counter(
+                &r,
+                "herald_deliveries_dropped_total",
+                "Packets dropped at a full client queue (transport.overflow = drop).",
+            ),
+            queue_overflow_disconnects: counter(
+                &r,
+                "herald_queue_overflow_disconnects_total",
+                "Clients disconnected at a full queue (transport.overflow = disconnect).",
+            ),
+            upgrades: counter(
+                &r,
+                "herald_upgrades_total",
+                "Sessions upgraded from polling to WebSocket.",
+            ),
+            http_errors: counter(
+                &r,
+                "herald_http_errors_total",
+                "HTTP requests answered with an error by the transport.",
+            ),
+            registry: r,
+        };
+        // Every reason shows from the first scrape, at 0.
+        for reason in super::CloseReason::ALL {
+            m.disconnects.with_label_values(&[reason.as_str()]);
+        }
+        m
+    }
 }
 
 /// Why a new session was refused.
@@ -224,6 +291,24 @@ impl EngineInner {
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
+
+    /// Open sessions by transport and Engine.IO revision: `[polling, websocket]` ×
+    /// `[v3, v4]`. Walks the registry (for a scrape, never per event).
+    fn census(&self) -> [[u64; 2]; 2] {
+        let mut n = [[0u64; 2]; 2];
+        for shard in self.shards.iter() {
+            let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
+            for s in sessions {
+                let t = match s.transport() {
+                    Some("polling") => 0,
+                    Some(_) => 1,
+                    None => continue,
+                };
+                n[t][usize::from(s.eio() == Eio::V4)] += 1;
+            }
+        }
+        n
+    }
 }
 
 /// A cheap handle to the engine.
@@ -286,6 +371,20 @@ impl Engine {
     /// Number of open sessions.
     pub fn sessions(&self) -> usize {
         self.inner.len()
+    }
+
+    /// Sets `herald_connections{transport, eio}` from the registry, for a scrape.
+    pub fn count_connections(&self) {
+        let n = self.inner.census();
+        for (t, transport) in ["polling", "websocket"].into_iter().enumerate() {
+            for (v, eio) in ["3", "4"].into_iter().enumerate() {
+                self.inner
+                    .metrics
+                    .connections
+                    .with_label_values(&[transport, eio])
+                    .set(n[t][v] as i64);
+            }
+        }
     }
 
     /// Looks up a live session by id.

@@ -10,7 +10,6 @@
 mod client;
 mod sign;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use futures_util::StreamExt as _;
 pub use client::{Endpoint, PostError};
 pub use sign::signature;
 
+use crate::metrics::{counter, gauge, IntCounter, IntGauge, Registry};
 use crate::store::{EventOutcome, HookKind, Hooks, OutboxEvent, OutboxGate, Store, StoreError};
 use crate::vocab::now_ms;
 
@@ -161,14 +161,80 @@ impl WebhookConfig {
     }
 }
 
-/// What the sender has done since start (for `/metrics`).
-#[derive(Debug, Default)]
+/// What the sender has done since start, and the outbox (for `/metrics`).
+#[derive(Debug)]
 pub struct WebhookMetrics {
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-    pub dropped: AtomicU64,
+    pub registry: Registry,
+    pub sent: IntCounter,
+    pub failed: IntCounter,
+    pub dropped: IntCounter,
+    /// Mirrors `gate.skipped()` at each scrape.
+    skipped: IntCounter,
+    /// The outbox (cluster-wide), read from the store at each scrape.
+    depth: IntGauge,
+    failing: IntGauge,
+    oldest_seconds: IntGauge,
     /// The outbox's gate: events not written while it was full.
     pub gate: Arc<OutboxGate>,
+}
+
+impl WebhookMetrics {
+    pub fn new(gate: Arc<OutboxGate>) -> WebhookMetrics {
+        let r = Registry::new();
+        WebhookMetrics {
+            sent: counter(
+                &r,
+                "herald_webhooks_sent_total",
+                "Webhook events the receiver took (2xx).",
+            ),
+            failed: counter(
+                &r,
+                "herald_webhooks_failed_total",
+                "Webhook attempts that failed (retried later).",
+            ),
+            dropped: counter(
+                &r,
+                "herald_webhooks_dropped_total",
+                "Webhook events given up after webhooks.max_age_secs.",
+            ),
+            skipped: counter(
+                &r,
+                "herald_webhooks_skipped_total",
+                "Webhook events not stored because the outbox was full (webhooks.max_outbox).",
+            ),
+            depth: gauge(
+                &r,
+                "herald_webhooks_outbox_depth",
+                "Webhook events waiting to be sent (cluster-wide).",
+            ),
+            failing: gauge(
+                &r,
+                "herald_webhooks_outbox_failing",
+                "Waiting webhook events that failed at least once (cluster-wide).",
+            ),
+            oldest_seconds: gauge(
+                &r,
+                "herald_webhooks_outbox_oldest_seconds",
+                "Age of the oldest waiting webhook event.",
+            ),
+            registry: r,
+            gate,
+        }
+    }
+
+    /// Brings the figures read rather than counted up to date, before a scrape.
+    pub async fn refresh(&self, store: &Store) {
+        self.skipped
+            .inc_by(self.gate.skipped().saturating_sub(self.skipped.get()));
+        if let Ok(o) = store.outbox().await {
+            self.depth.set(o.depth as i64);
+            self.failing.set(o.failing as i64);
+            let age = o
+                .oldest_at
+                .map_or(0, |at| crate::vocab::now_ms().saturating_sub(at) / 1000);
+            self.oldest_seconds.set(age as i64);
+        }
+    }
 }
 
 /// Failure warnings are logged at most this often; the rest are counted into the next.
@@ -285,7 +351,7 @@ impl Sender {
                 attempts = event.attempts,
                 "webhook event given up: still failing after webhooks.max_age_secs"
             );
-            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped.inc();
             return self.store.settle_event(event.id, EventOutcome::Dropped);
         }
         let t = now / 1000;
@@ -302,11 +368,11 @@ impl Sender {
             .await
         {
             Ok(()) => {
-                self.metrics.sent.fetch_add(1, Ordering::Relaxed);
+                self.metrics.sent.inc();
                 self.store.settle_event(event.id, EventOutcome::Sent);
             }
             Err(e) => {
-                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.failed.inc();
                 let delay = backoff(
                     event.attempts,
                     self.config.retry_initial_ms,

@@ -21,6 +21,7 @@ use crate::vocab::Message;
 
 mod hooks;
 mod read;
+mod users;
 
 use read::answer;
 
@@ -38,11 +39,16 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
 struct Conn {
     url: String,
     client: Option<Client>,
+    /// Counts connections made again after one broke (`herald_store_reconnects_total`).
+    reconnects: crate::metrics::IntCounter,
 }
 
 impl Conn {
     async fn get(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            if self.client.is_some() {
+                self.reconnects.inc();
+            }
             let mut delay = Duration::from_millis(50);
             let mut tries = 0;
             self.client = loop {
@@ -106,10 +112,12 @@ pub(super) async fn start(
     let mut writer = Conn {
         url: cfg.url.clone(),
         client: Some(first),
+        reconnects: health.metrics.reconnects.clone(),
     };
     let mut reader = Conn {
         url: cfg.url.clone(),
         client: None,
+        reconnects: health.metrics.reconnects.clone(),
     };
     let max_batch = cfg.max_batch.max(1);
     let hooks = cfg.hooks.clone();
@@ -179,6 +187,10 @@ async fn commit(
     }
     let mut done = Vec::with_capacity(appends.len() + others.len());
     let messages: Vec<&NewMessage> = appends.iter().map(|(m, _)| m).collect();
+    let (ops, started) = (
+        appends.len() + acks.len() + others.len(),
+        std::time::Instant::now(),
+    );
     let result = async {
         let client = conn.get().await?;
         let tx = client.transaction().await?;
@@ -205,6 +217,9 @@ async fn commit(
         Ok(seqs)
     }
     .await;
+    if result.is_ok() {
+        health.metrics.batch(ops, started);
+    }
     if result.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
         // The connection is what failed; a new one is made next time.
         conn.client = None;
@@ -471,6 +486,20 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (&Hooks, u64)) -> Appl
             Ok(v) => Ok(Done::Read(reply, v)),
             Err(e) => Err((Done::Read(reply, 0), e)),
         },
+        WriteOp::Erase { user, reply } => match users::erase(tx, &user).await {
+            Ok(n) => Ok(Done::Read(reply, n)),
+            Err(e) => Err((Done::Read(reply, 0), e)),
+        },
+        WriteOp::Revoke {
+            user,
+            before,
+            at,
+            keep_ms,
+            reply,
+        } => match users::revoke(tx, &user, before, at, keep_ms).await {
+            Ok(n) => Ok(Done::Read(reply, n)),
+            Err(e) => Err((Done::Read(reply, 0), e)),
+        },
         WriteOp::Hook(op) => hooks::apply(tx, op, &hooks.gate).await,
         WriteOp::Sweep(r, reply) => match sweep(tx, r).await {
             Ok(n) => Ok(Done::Sweep(reply, n)),
@@ -486,7 +515,7 @@ async fn apply(tx: &Transaction<'_>, op: WriteOp, limits: (&Hooks, u64)) -> Appl
     }
 }
 
-fn i(v: u64) -> i64 {
+pub(super) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 

@@ -41,6 +41,10 @@ pub(super) async fn answer(conn: &mut Conn, op: ReadOp) {
         ReadOp::State { id, reply } => {
             let _ = reply.send(state(conn, &id).await);
         }
+        ReadOp::Revocations { since, reply } => {
+            let r = async { Ok(super::users::revocations(conn.get().await?, since).await?) }.await;
+            let _ = reply.send(r);
+        }
         ReadOp::Outbox { reply } => {
             let r = async { Ok(super::hooks::stats(conn.get().await?).await?) }.await;
             let _ = reply.send(r);

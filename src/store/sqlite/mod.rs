@@ -22,6 +22,7 @@ use super::{
 use crate::vocab::Message;
 
 mod hooks;
+mod users;
 
 fn open(path: &str, uri: bool, sync: SqliteSync) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -100,6 +101,7 @@ pub(super) fn start(
     let delay = std::time::Duration::from_micros(cfg.commit_delay_us);
     // Committed batches are answered on the runtime, in commit order.
     let (settled, mut to_settle) = mpsc::unbounded_channel::<Settle>();
+    let figures = health.clone();
     tokio::spawn(async move {
         let mut forward = Vec::new();
         while let Some((done, result)) = to_settle.recv().await {
@@ -127,8 +129,10 @@ pub(super) fn start(
                 let (done, result) = match file.lost() {
                     Err(e) => (batch.drain(..).map(pending).collect(), Err(e)),
                     Ok(()) => {
+                        let (ops, started) = (batch.len(), std::time::Instant::now());
                         let (done, result) =
                             commit(&mut writer, &mut batch, &mut seqs, (&hooks, max_devices));
+                        figures.metrics.batch(ops, started);
                         // Removed or replaced during the commit: it went to a lost file.
                         (done, result.and_then(|()| file.check()))
                     }
@@ -339,6 +343,20 @@ fn apply(tx: &Transaction<'_>, op: WriteOp, seqs: &mut Seqs, limits: (&Hooks, u6
             reply,
         } => match device_position(tx, &user, &device, seqs, max_devices) {
             Ok(v) => Ok(Done::Read(reply, v)),
+            Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
+        },
+        WriteOp::Erase { user, reply } => match users::erase(tx, &user) {
+            Ok(n) => Ok(Done::Read(reply, n)),
+            Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
+        },
+        WriteOp::Revoke {
+            user,
+            before,
+            at,
+            keep_ms,
+            reply,
+        } => match users::revoke(tx, &user, before, at, keep_ms) {
+            Ok(n) => Ok(Done::Read(reply, n)),
             Err(e) => Err(Box::new((Done::Read(reply, 0), e))),
         },
         WriteOp::Hook(op) => hooks::apply(tx, op, &hooks.gate),
@@ -605,6 +623,9 @@ fn answer(conn: &Connection, op: ReadOp) {
         }
         ReadOp::Outbox { reply } => {
             let _ = reply.send(hooks::stats(conn).map_err(Into::into));
+        }
+        ReadOp::Revocations { since, reply } => {
+            let _ = reply.send(users::revocations(conn, since).map_err(Into::into));
         }
     }
 }

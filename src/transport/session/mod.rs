@@ -144,6 +144,8 @@ pub struct Session {
     /// The layer above admitted the client (see [`Session::admit`]). Beside the other
     /// small fields, where it costs nothing: a session stays in its allocation size.
     admitted: AtomicBool,
+    /// Engine-clock seconds at which the session opened (for the admin page).
+    opened_s: u32,
     /// The engine: registry, config, clock, counters.
     engine: Arc<EngineInner>,
     inner: Mutex<Inner>,
@@ -210,6 +212,7 @@ impl Session {
             deadline: AtomicU64::new(deadline),
             app_deadline: AtomicU64::new(NEVER),
             admitted: AtomicBool::new(false),
+            opened_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
             conn: OnceLock::new(),
         })
     }
@@ -250,6 +253,23 @@ impl Session {
     /// Whether the session has ended (or is flushing its last packets).
     pub fn is_closed(&self) -> bool {
         self.inner.lock().reason.is_some()
+    }
+
+    /// The transport the session is on now (`websocket` once upgraded, `polling`
+    /// before), or `None` while it closes.
+    pub fn transport(&self) -> Option<&'static str> {
+        match self.inner.lock().state {
+            State::Polling | State::Upgrading => Some("polling"),
+            State::WebSocket => Some("websocket"),
+            _ => None,
+        }
+    }
+
+    /// Milliseconds since the session opened.
+    pub fn age_ms(&self) -> u64 {
+        self.engine
+            .now_ms()
+            .saturating_sub(u64::from(self.opened_s) * 1000)
     }
 
     /// Whether the client currently uses WebSocket.
@@ -525,7 +545,11 @@ impl Session {
     /// Runs the layer above's `on_close` outside of any lock the caller may hold: a push
     /// that overflows a queue happens under the pusher's locks.
     fn notify_close(self: &Arc<Self>, reason: CloseReason) {
-        self.engine.metrics.sessions_closed.inc();
+        self.engine
+            .metrics
+            .disconnects
+            .with_label_values(&[reason.as_str()])
+            .inc();
         let this = self.clone();
         let run = move || {
             if let Some(conn) = this.conn.get() {
