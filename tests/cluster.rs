@@ -253,7 +253,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
 
 /// Starts the herald binary as a cluster node.
 fn herald(redis: &str, pg: &str, id: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = common::herald_cmd()
         .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0"])
         .env("HERALD_LOG", "warn")
         .env("HERALD_CLUSTER_REDIS", redis)

@@ -12,7 +12,7 @@ use common::{try_http, Ws};
 
 /// Starts the herald binary; returns it and its address.
 fn herald(env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = common::herald_cmd();
     cmd.args(["serve", "--dev-auth", "--listen", "127.0.0.1:0"])
         .env("HERALD_LOG", "warn")
         .stdout(Stdio::piped())

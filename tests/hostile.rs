@@ -36,7 +36,7 @@ impl Herald {
     fn start(env: &[(&str, &str)]) -> Herald {
         let data = tempfile::tempdir().unwrap();
         let data_dir = data.path().join("data");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = common::herald_cmd();
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)

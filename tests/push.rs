@@ -258,7 +258,7 @@ async fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
     })
     .await;
     assert_eq!(node.engine.metrics().sessions_opened.get(), 10_001);
-    assert_eq!(node.engine.metrics().sessions_closed.get(), 10_001);
+    assert_eq!(node.engine.metrics().sessions_closed(), 10_001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

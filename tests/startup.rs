@@ -12,7 +12,7 @@ fn herald(env: &[(&str, &str)], args: &[&str]) -> Command {
 
 fn herald_at(listen: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
     let dir = tempfile::tempdir().unwrap().keep();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut c = common::herald_cmd();
     c.args(["serve", "--listen", listen])
         .args(args)
         .arg("--data-dir")
@@ -38,7 +38,10 @@ fn started(mut c: Command) -> String {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("listening on"), "did not start: {line}");
-    stop(child)
+    let err = stop(child);
+    // Logs to a pipe carry no colour codes.
+    assert!(!err.contains('\u{1b}'), "{err}");
+    err
 }
 
 /// Kills a running herald; returns what it wrote to stderr.
@@ -126,7 +129,7 @@ fn a_host_name_is_a_valid_listen_address() {
 }
 
 fn tool(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut c = common::herald_cmd();
     c.args(args).env_remove("HERALD_LOG");
     for (k, v) in env {
         c.env(k, v);

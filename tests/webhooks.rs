@@ -205,7 +205,7 @@ struct Herald {
 fn herald(config: &str, dir: &std::path::Path) -> Herald {
     let file = dir.join("herald.toml");
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut child = common::herald_cmd()
         .args(["serve", "--listen", "127.0.0.1:0", "--dev-auth", "--config"])
         .arg(&file)
         .arg("--data-dir")
@@ -496,7 +496,7 @@ fn bad_settings_are_refused_at_start_by_name() {
     ] {
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let out = common::herald_cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--dev-auth", "--config"])
             .arg(&file)
             .arg("--data-dir")

@@ -48,16 +48,15 @@ impl AdminConfig {
         if self.listen.is_empty() {
             return Ok(());
         }
-        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(
-            &self.listen,
-        )
-        .map_err(|e| {
-            format!(
+        let addrs: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&self.listen)
+                .map_err(|e| {
+                    format!(
                 "admin.listen must be HOST:PORT or ADDRESS:PORT (or empty for none), got `{}`: {e}",
                 self.listen
             )
-        })?
-        .collect();
+                })?
+                .collect();
         if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
             if self.password.is_empty() {
                 return Err(format!(
@@ -127,7 +126,6 @@ async fn lookup(
     Path(user): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = user_id(user)?;
-    let now = crate::vocab::now_ms();
     let here: Vec<serde_json::Value> = state
         .hub
         .user_sockets(&user)
@@ -139,7 +137,7 @@ async fn lookup(
                 "transport": s.transport().unwrap_or("closing"),
                 "eio": if s.eio() == crate::transport::Eio::V4 { 4 } else { 3 },
                 "remote": s.counted_ip().map(|ip| ip.to_string()),
-                "connectedAt": now.saturating_sub(s.age_ms()),
+                "connectedAt": socket.connected_at(),
                 "device": crate::delivery::devices::device_of(socket),
             })
         })

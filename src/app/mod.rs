@@ -315,7 +315,9 @@ async fn bind_admin(admin: &api::admin::AdminConfig) -> anyhow::Result<Option<Tc
         Ok(l) => {
             let local = l.local_addr().context("admin listener address")?;
             tracing::info!(addr = %local, "admin listener (metrics, health, admin page)");
-            println!("admin listener on {local}");
+            // Whoever reads stdout may have stopped after the first line (`listening on`).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "admin listener on {local}");
             Ok(Some(l))
         }
         Err(e) if admin.listen == api::admin::AdminConfig::default().listen => {

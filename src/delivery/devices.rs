@@ -37,7 +37,9 @@ fn refused(
         tracing::warn!(
             reason,
             user,
-            remote = ?session.counted_ip(),
+            remote = %session
+                .counted_ip()
+                .map_or_else(|| "exempt".to_owned(), |ip| ip.to_string()),
             eio = ?session.eio(),
             similar_since = held,
             "client connect refused"

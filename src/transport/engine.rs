@@ -125,6 +125,16 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    /// Sessions ended, whatever the reason.
+    pub fn sessions_closed(&self) -> u64 {
+        super::CloseReason::ALL
+            .iter()
+            .map(|r| self.disconnects.with_label_values(&[r.as_str()]).get())
+            .sum()
+    }
+}
+
 /// Why a new session was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionsFull {

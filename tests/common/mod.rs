@@ -276,3 +276,11 @@ pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
         .parse()
         .unwrap()
 }
+
+/// The herald binary, with no admin listener unless a test sets `HERALD_ADMIN_LISTEN`
+/// (its default address is one per machine).
+pub fn herald_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env("HERALD_ADMIN_LISTEN", "");
+    c
+}

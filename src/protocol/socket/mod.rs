@@ -39,6 +39,9 @@ impl Default for Acks {
 
 struct SocketInner {
     id: Sid,
+    /// Unix seconds at which the client joined the namespace (beside `id`, where it
+    /// takes no room of its own).
+    connected_at: u32,
     nsp: Arc<Namespace>,
     session: Arc<Session>,
     /// The connection, to leave it on [`Socket::disconnect`]; weak to avoid a cycle.
@@ -74,6 +77,11 @@ impl Socket {
     /// The socket id (distinct from the Engine.IO session id).
     pub fn id(&self) -> Sid {
         self.0.id
+    }
+
+    /// Unix ms (to the second) at which the client joined the namespace.
+    pub fn connected_at(&self) -> u64 {
+        u64::from(self.0.connected_at) * 1000
     }
 
     /// The namespace name.
@@ -311,6 +319,7 @@ fn connect(
     }
     let socket = Socket(Arc::new(SocketInner {
         id: Sid::random(),
+        connected_at: u32::try_from(crate::vocab::now_ms() / 1000).unwrap_or(u32::MAX),
         nsp: ns.clone(),
         session: session.clone(),
         conn: Arc::downgrade(conn),

@@ -114,6 +114,7 @@ impl Socket {
         });
         Socket(Arc::new(SocketInner {
             id: Sid::random(),
+            connected_at: 0,
             nsp,
             session,
             conn: Weak::new(),

@@ -144,8 +144,6 @@ pub struct Session {
     /// The layer above admitted the client (see [`Session::admit`]). Beside the other
     /// small fields, where it costs nothing: a session stays in its allocation size.
     admitted: AtomicBool,
-    /// Engine-clock seconds at which the session opened (for the admin page).
-    opened_s: u32,
     /// The engine: registry, config, clock, counters.
     engine: Arc<EngineInner>,
     inner: Mutex<Inner>,
@@ -212,7 +210,6 @@ impl Session {
             deadline: AtomicU64::new(deadline),
             app_deadline: AtomicU64::new(NEVER),
             admitted: AtomicBool::new(false),
-            opened_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
             conn: OnceLock::new(),
         })
     }
@@ -263,13 +260,6 @@ impl Session {
             State::WebSocket => Some("websocket"),
             _ => None,
         }
-    }
-
-    /// Milliseconds since the session opened.
-    pub fn age_ms(&self) -> u64 {
-        self.engine
-            .now_ms()
-            .saturating_sub(u64::from(self.opened_s) * 1000)
     }
 
     /// Whether the client currently uses WebSocket.

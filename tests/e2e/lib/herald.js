@@ -87,6 +87,8 @@ function childEnv(extra) {
     if (!k.startsWith("HERALD_")) env[k] = v;
   }
   env.HERALD_LOG = process.env.HERALD_E2E_LOG || "warn";
+  // No admin listener unless a test asks for one: its default address is one per machine.
+  env.HERALD_ADMIN_LISTEN = "";
   return { ...env, ...extra };
 }
 
