@@ -105,7 +105,7 @@ pub fn process_registry() -> Registry {
         "The running build: always 1, labelled with its version and commit.",
         &["version", "commit"],
     );
-    info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("HERALD_COMMIT")])
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT")])
         .set(1);
     r
 }

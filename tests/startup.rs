@@ -89,7 +89,7 @@ fn weak_secrets_and_keys_are_warned_about() {
         "{err}"
     );
     assert!(
-        err.contains("api.keys entry is shorter than 16 bytes"),
+        err.contains("an API key (api.keys, api.scoped_keys) is shorter than 16 bytes"),
         "{err}"
     );
     assert!(

@@ -16,7 +16,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("auth.on_expiry", "a token expiring while connected: keep the connection, or disconnect it at exp (the client reconnects by…"),
     ("auth.revocation_ttl_secs", "how long a revokeBefore (DELETE /api/v1/users/{id}/connections) stands: longer than your tokens live"),
     ("api.keys", "bearer keys for the whole HTTP API (push, read, admin); logged as keys[0], keys[1], ..."),
-    ("api.scoped_keys", "keys with a name and scopes: [[api.scoped_keys]] name = \"grafana\", key = \"...\", scopes = [\"read\"]"),
+    ("api.scoped_keys", "keys with a name and scopes: [[api.scoped_keys]] tables of name, key, scopes (any of push, read, admin)"),
     ("admin.listen", "the admin listener: /metrics, /healthz, /readyz, the admin page (empty: none)"),
     ("admin.password", "the admin listener's credential (Basic, any user, or Bearer); required off loopback"),
     ("log.format", "text or json (one JSON object per line)"),

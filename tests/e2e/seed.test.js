@@ -16,7 +16,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 import { chromium } from "playwright-core";
 
-import { startHerald } from "./lib/herald.js";
+import { api, startHerald } from "./lib/herald.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
@@ -43,7 +43,12 @@ let site;
 let browser;
 
 before(async () => {
-  herald = await startHerald({ demo: true, devAuth: true, listen: `127.0.0.1:${PORT}` }).catch((e) => {
+  herald = await startHerald({
+    demo: true,
+    devAuth: true,
+    listen: `127.0.0.1:${PORT}`,
+    env: { HERALD_ADMIN_LISTEN: "127.0.0.1:0" },
+  }).catch((e) => {
     throw new Error(`herald could not listen on 127.0.0.1:${PORT}, where the seed page connects: ${e.message}`);
   });
   // Another origin: a page server of its own.
@@ -94,7 +99,7 @@ describe("the seed's page, unchanged", () => {
     await readings(page, 3);
     assert.deepEqual(errors, []);
     // Counted as anonymous connections.
-    const metrics = await herald.api("GET", "/metrics");
+    const metrics = await api(herald.adminUrl, "GET", "/metrics");
     assert.match(metrics.text, /herald_anonymous_connections [1-9]/);
     await page.close();
   });

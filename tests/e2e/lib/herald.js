@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const LISTENING_RE = /listening on (\S+):(\d+)/;
+const ADMIN_RE = /admin listener on (\S+):(\d+)/;
 const OUTPUT_KEEP = 64 * 1024;
 const VERBOSE = !!process.env.HERALD_E2E_VERBOSE;
 
@@ -214,6 +215,22 @@ export async function startHerald({
 
   const url = `http://${address.host}:${address.port}`;
 
+  // With an admin listener asked for (HERALD_ADMIN_LISTEN in `env`), its address follows.
+  let adminUrl = null;
+  if (env.HERALD_ADMIN_LISTEN) {
+    const deadline = Date.now() + startTimeoutMs;
+    let m;
+    while (!(m = ADMIN_RE.exec(proc.stdout()))) {
+      if (Date.now() > deadline || proc.exitInfo()) {
+        child.kill("SIGKILL");
+        cleanup();
+        throw new Error(`herald did not print its admin listener line\n${proc.stdout()}\n${proc.stderr()}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    adminUrl = `http://${m[1]}:${m[2]}`;
+  }
+
   async function stop({ timeoutMs = 5_000 } = {}) {
     if (!proc.exitInfo()) {
       child.kill("SIGTERM");
@@ -236,6 +253,8 @@ export async function startHerald({
     url,
     host: address.host,
     port: address.port,
+    /** The admin listener's base URL, when one was asked for. */
+    adminUrl,
     stop,
     /** api(method, path, body, key) against this server; see api() below. */
     api: (method, path, body, key) => api(url, method, path, body, key),
