@@ -288,10 +288,10 @@ async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses() 
     let (_, text) = api(a, "POST", "/api/v1/push", FULL, shared).await;
     let shared_id = json(&text)["id"].as_str().unwrap().to_owned();
     // A device with a position.
-    let (mut phone, answer) = join(a, &token("u1", Some(now()))).await;
+    let (phone, answer) = join(a, &token("u1", Some(now()))).await;
     assert!(answer.starts_with("40"), "{answer}");
     drop(phone.into_stream());
-    let mut phone = Ws::device(
+    let phone = Ws::device(
         a,
         &format!(
             r#"{{"token":"{}","deviceId":"phone"}}"#,

@@ -3,7 +3,7 @@
 //! PostgreSQL.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 
 mod common;
