@@ -216,6 +216,28 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_lists_every_route_with_its_scope() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("valid JSON");
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                if path != "/api/v1/openapi.json" {
+                    let scope = op["x-herald-scope"].as_str().unwrap_or("none");
+                    documented.push((method.to_uppercase(), path.clone(), scope.to_owned()));
+                }
+            }
+        }
+        let mut served: Vec<_> = ROUTES
+            .iter()
+            .map(|(m, p, s)| (m.to_string(), p.to_string(), s.as_str().to_owned()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
     fn keys_have_names_and_scopes() {
         let keys = Keys::new(
             &["full-key-0123456789".into()],
