@@ -7,7 +7,7 @@
 # costs is measured: its CPU over the measured window (/proc/PID/stat utime + stime, read
 # by herald-bench) and the messages Redis hands it.
 #
-# Node 3's messages: herald counts them itself (`herald_cluster_received_total`). For
+# Node 3's messages: herald counts them itself (`herald_redis_received_total`). For
 # socketioxide, a redis-cli subscriber takes exactly node 3's subscription (the channels
 # that appeared when node 3 started, plus the request channel every node shares) and
 # counts what Redis sends it.
@@ -74,12 +74,13 @@ start_pg
 
 # start_node KIND N: starts node N (herald or socketioxide), appends its port and pid.
 start_node() {
-  local port
+  local port admin
   port=$(free_port)
+  admin=$(free_port)
   case "$1" in
     herald)
       HERALD_LOG=warn HERALD_CLUSTER_REDIS="redis://127.0.0.1:$redis_port" HERALD_CLUSTER_NODE_ID="node$2" \
-        HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/$db" \
+        HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/$db" HERALD_ADMIN_LISTEN="127.0.0.1:$admin" \
         "$herald" --dev-auth --listen "127.0.0.1:$port" >"$work/$run-node$2.log" 2>&1 &
       ;;
     socketioxide)
@@ -88,6 +89,7 @@ start_node() {
   esac
   nodes+=($!)
   ports+=("$port")
+  admin_ports+=("$admin")
   wait_port "$port"
   if ! kill -0 "${nodes[-1]}" 2>/dev/null; then
     echo "$1 node $2 did not start:" >&2
@@ -102,6 +104,7 @@ measure() {
   local kind=$2
   shift 2
   ports=()
+  admin_ports=()
   db="herald_${run//-/_}"
   rcli FLUSHALL >/dev/null
   [ "$kind" = herald ] && run_pg createdb -h 127.0.0.1 -p "$pg_port" -U postgres "$db"
@@ -137,7 +140,7 @@ measure() {
   if [ "$kind" = herald ]; then
     sleep 1
     echo "[$run] node 1 deliveries after the run (herald_deliveries_total):" \
-      "$(curl -s "127.0.0.1:${ports[0]}/metrics" | awk '$1 == "herald_deliveries_total" {print $2}')"
+      "$(curl -s "127.0.0.1:${admin_ports[0]}/metrics" | awk '$1 == "herald_deliveries_total" {print $2}')"
   fi
   local received
   if [ -n "$sub" ]; then
@@ -146,13 +149,13 @@ measure() {
     wait "$sub" 2>/dev/null || true
     received=$(grep -c '^"message",' "$work/$run-sub.csv" || true)
   else
-    received=$(curl -s "127.0.0.1:${ports[2]}/metrics" | awk '$1 == "herald_cluster_received_total" {print $2}')
+    received=$(curl -s "127.0.0.1:${admin_ports[2]}/metrics" | awk '$1 == "herald_redis_received_total" {print $2}')
   fi
   echo "$run $received" >>"$work/node3.txt"
   stop_nodes
   for n in 1 2 3; do
     local logged
-    logged=$(grep -v '^listening on' "$work/$run-node$n.log" || true)
+    logged=$(grep -v -e '^listening on' -e '^admin listener on' "$work/$run-node$n.log" || true)
     if [ -n "$logged" ]; then
       echo "[$run] node $n logged $(wc -l <<<"$logged") lines; the first: $(head -1 <<<"$logged" | cut -c1-300)"
     fi

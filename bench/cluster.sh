@@ -35,13 +35,16 @@ start_pg
 run_pg createdb -h 127.0.0.1 -p "$pg_port" -U postgres herald
 
 ports=()
+admin_ports=()
 for n in 1 2 3; do
   port=$(free_port)
+  admin=$(free_port)
   HERALD_LOG=warn HERALD_CLUSTER_REDIS="redis://127.0.0.1:$redis_port" HERALD_CLUSTER_NODE_ID="node$n" \
-    HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/herald" \
+    HERALD_STORE_URL="postgres://postgres@127.0.0.1:$pg_port/herald" HERALD_ADMIN_LISTEN="127.0.0.1:$admin" \
     "$herald" --dev-auth --listen "127.0.0.1:$port" >/dev/null &
   pids+=($!)
   ports+=("$port")
+  admin_ports+=("$admin")
   wait_port "$port"
 done
 node1=${pids[1]}; node3=${pids[3]}
@@ -50,7 +53,7 @@ before=$(cpu_ticks "$node3")
   --label "herald-cluster-$mode" $durable_flag --http-connections 64 --scenarios latency --rates "$rates" \
   --rate-secs 10 --sources 127.0.0.1,127.0.0.2 --out "$work/results.jsonl"
 after=$(cpu_ticks "$node3")
-metrics=$(curl -s "127.0.0.1:${ports[2]}/metrics" | grep cluster_received_total | tail -1)
+metrics=$(curl -s "127.0.0.1:${admin_ports[2]}/metrics" | grep '^herald_redis_received_total' | tail -1)
 echo
 echo "node 3 (holds no user): CPU $(( (after - before) * 10 )) ms during the run; $metrics"
 echo "raw results:"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two herald builds side by side on S1-S4 (idle RSS, one emit to 10k, bursts, unicast
-# through HTTP), each run twice, alternating, with the server on core 0 and the load on
-# core 1: a before/after check of a change, within the noise between runs.
+# through HTTP, and durable unicast to 10k receivers that ack), each run twice,
+# alternating, with the server on core 0 and the load on core 1: a before/after check of a
+# change, within the noise between runs.
 # Usage: bench/compare.sh OLD_HERALD NEW_HERALD [RUNS]   (herald-bench from target/release)
 set -euo pipefail
 # The load comes from a few loopback addresses: herald's per-address limits are off.
@@ -46,6 +47,12 @@ run() {
     --scenarios fanout,burst,unicast --http-connections 64 --fanout-emits 20 --fanout-warmup 2 \
     --bursts 2 --burst-size 100 --unicast-rounds 3 --unicast-batch 1,100 >/dev/null
   stop
+  start "$bin"
+  timeout 900 taskset -c 1 "$bench_bin" suite --target "127.0.0.1:$port" --server-pid "$server" \
+    --label "$label" --out "$results" --api herald --sources "$sources" --connections 10000 \
+    --durable --ack --scenarios unicast --http-connections 64 --unicast-rounds 4 \
+    --unicast-batch 1 >/dev/null
+  stop
 }
 
 for r in $(seq "$runs"); do
@@ -56,12 +63,17 @@ done
 python3 - "$results" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+durable = False
 def fig(r):
+    global durable
     s = r["scenario"]
+    if s == "setup": durable = bool(r.get("durable"))
     if s == "idle": return "S1 idle bytes/conn", r["bytes_per_connection"]
     if s == "fanout": return "S2 fanout µs/delivery", r["cpu_us_per_delivery"]
     if s == "burst": return "S3 burst µs/delivery", r["cpu_us_per_delivery"]
-    if s == "unicast": return f"S4 unicast batch {r.get('batch')} µs/push", r.get("cpu_us_per_push")
+    if s == "unicast":
+        kind = "durable" if durable else "volatile"
+        return f"S4 {kind} unicast batch {r.get('batch')} µs/push", r.get("cpu_us_per_push")
     return None, None
 table = {}
 for r in rows:
