@@ -90,9 +90,10 @@ pub struct Message {
     pub id: String,
     /// Milliseconds since the Unix epoch when it was accepted.
     pub ts: u64,
-    /// Microseconds since the Unix epoch when it was accepted (0: unknown), for the
-    /// delivery latency metric; travels with the message across nodes.
-    pub accepted_us: u64,
+    /// Microseconds since the Unix epoch when it became deliverable: accepted (a live
+    /// push) or committed (a stored one); 0: unknown. For the delivery latency metric;
+    /// travels with the message across nodes.
+    pub ready_us: u64,
     pub event: String,
     /// The data as pushed: JSON text, never parsed again.
     pub data: Box<RawValue>,

@@ -68,8 +68,10 @@ fn start(env: &[(&str, &str)], stderr: Stdio) -> Herald {
     }
 }
 
+/// A GET to the admin listener, for `localhost` (the only name it answers without a
+/// password), with an `Authorization` header.
 fn get_with(path: &str, auth: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n")
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n")
         .into_bytes()
 }
 
@@ -138,7 +140,7 @@ async fn metrics_pass_promtool_and_hold_every_metric_of_the_dashboard() {
     )
     .await;
 
-    let (status, scrape) = http(herald.admin, &common::get("/metrics")).await;
+    let (status, scrape) = http(herald.admin, &get_with("/metrics", "none")).await;
     assert_eq!(status, 200, "{scrape}");
     // Prometheus's own checker (Debian's `prometheus` package).
     let mut promtool = std::process::Command::new("promtool")
@@ -260,9 +262,34 @@ async fn the_admin_credential_is_required_when_set_and_metrics_are_off_the_publi
     // Probes need no credential.
     assert_eq!(http(herald.admin, &common::get("/healthz")).await.0, 200);
     assert_eq!(http(herald.admin, &common::get("/readyz")).await.0, 200);
+    // Nothing but the test push takes a body: no one can make the listener hold one.
+    let post = "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    let (status, body) = http(herald.admin, post.as_bytes()).await;
+    assert_eq!(status, 413, "{body}");
     // The public port serves no metrics, but still its probes.
     assert_eq!(http(herald.public, &common::get("/metrics")).await.0, 404);
     assert_eq!(http(herald.public, &common::get("/readyz")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_password_the_admin_listener_answers_only_for_localhost() {
+    let herald = start(&[], Stdio::null());
+    let with_host = |host: &str| {
+        format!("GET /admin/api/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for host in ["localhost:9100", "127.0.0.1", "[::1]:9100", "LOCALHOST"] {
+        let (status, body) = http(herald.admin, with_host(host).as_bytes()).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    // A page whose own name was rebound to 127.0.0.1 sends its own name.
+    for host in [
+        "evil.example.com",
+        "evil.example.com:9100",
+        "127.0.0.1.evil.example",
+    ] {
+        let (status, body) = http(herald.admin, with_host(host).as_bytes()).await;
+        assert_eq!(status, 403, "{host}: {body}");
+    }
 }
 
 #[test]
@@ -291,6 +318,25 @@ fn an_admin_listener_off_loopback_needs_a_password() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A key listed twice (so with unclear scopes) is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(
+        &file,
+        "[api]\nkeys = [\"dup-key-0123456789\"]\n[[api.scoped_keys]]\nname = \"ro\"\nkey = \"dup-key-0123456789\"\nscopes = [\"read\"]\n",
+    )
+    .unwrap();
+    let out = check(&[("HERALD_ADMIN_LISTEN", "")]);
+    assert!(out.status.success());
+    let mut c = common::herald_cmd();
+    let out = c
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listed twice"));
     // The same port as the public listener is refused too.
     let out = check(&[("HERALD_ADMIN_LISTEN", "127.0.0.1:3000")]);
     assert_eq!(out.status.code(), Some(2));

@@ -339,6 +339,14 @@ async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses() 
     assert_eq!(json(&text)["seqs"]["u1"], 5, "seqs carry on: {text}");
     let got = phone.text().await;
     assert!(got.contains("\"after\""), "{got}");
+    drop(phone.into_stream());
+    node.stop().await;
+    // The seq counter outlives the erase and a restart: no seq is handed out twice.
+    let node = run(config(dir.path())).await;
+    let (_, text) = api(node.addr, "POST", "/api/v1/push", FULL, body).await;
+    assert_eq!(json(&text)["seqs"]["u1"], 6, "{text}");
+    let (_, text) = api(node.addr, "GET", "/api/v1/users/u1/unread", FULL, "").await;
+    assert_eq!(json(&text)["lastSeq"], 6, "{text}");
     node.stop().await;
 }
 

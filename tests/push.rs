@@ -168,7 +168,7 @@ async fn anonymous_connections_get_broadcasts_only() {
     let news = herald::vocab::Message {
         id: "n1".into(),
         ts: 1,
-        accepted_us: 0,
+        ready_us: 0,
         event: "news".into(),
         data: serde_json::value::RawValue::from_string("1".into()).unwrap(),
         target: herald::vocab::Target::All,
@@ -273,7 +273,7 @@ async fn broadcasts_in_a_flood_arrive_once_each_and_in_order() {
         let msg = herald::vocab::Message {
             id: format!("b{n}"),
             ts: 1,
-            accepted_us: 0,
+            ready_us: 0,
             event: "flood".into(),
             data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
             target: herald::vocab::Target::All,
@@ -303,7 +303,7 @@ async fn a_push_accepted_after_a_broadcast_never_overtakes_it() {
     let live = |n: usize, target: herald::vocab::Target| herald::vocab::Message {
         id: format!("m{n}"),
         ts: 1,
-        accepted_us: 0,
+        ready_us: 0,
         event: "e".into(),
         data: serde_json::value::RawValue::from_string(n.to_string()).unwrap(),
         target,

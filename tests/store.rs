@@ -88,7 +88,6 @@ fn msg(n: u64, users: &[&str]) -> NewMessage {
     NewMessage {
         id: format!("m{n:06}"),
         ts: 1_000_000 + n,
-        accepted_us: 0,
         event: "e".into(),
         data: format!("{{\"n\":{n}}}"),
         users,

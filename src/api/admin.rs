@@ -73,6 +73,49 @@ fn open_path(path: &str) -> bool {
     path == "/healthz" || path == "/readyz"
 }
 
+/// The one admin route that takes a body.
+const WITH_BODY: &str = "/admin/api/push";
+
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.0.0.1`,
+/// `[::1]`, with any port). Without a password the admin listener answers only such
+/// names: a web page whose own name was rebound to 127.0.0.1 (DNS rebinding) sends its
+/// own name, and is refused.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An error answer of the admin listener.
+fn refusal(status: StatusCode, code: &str, message: &str) -> http::Response<Bytes> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut b = http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json");
+    if status == StatusCode::UNAUTHORIZED {
+        b = b.header(header::WWW_AUTHENTICATE, "Basic realm=\"herald admin\"");
+    }
+    b.body(Bytes::from(body.to_string())).unwrap_or_default()
+}
+
+/// Logs a refused admin request, at most once a second.
+fn log_refused(path: &str, why: &'static str) {
+    static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
+    if let Some(held) = EVERY.allow(1000) {
+        tracing::warn!(
+            path,
+            reason = why,
+            similar_since = held,
+            "admin request refused"
+        );
+    }
+}
+
 /// The admin routes.
 pub fn routes(state: ApiState) -> axum::Router {
     axum::Router::new()
@@ -93,7 +136,15 @@ pub fn routes(state: ApiState) -> axum::Router {
 
 async fn page() -> impl IntoResponse {
     (
-        [(header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            // Never framed (its buttons act), and nothing loaded from elsewhere.
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ],
         Html(include_str!("admin.html")),
     )
 }
@@ -215,26 +266,43 @@ impl AdminService {
 
 impl Fallback for AdminService {
     fn precheck(&self, request: &http::request::Parts) -> Option<http::Response<Bytes>> {
-        if open_path(request.uri.path()) || self.authorized(&request.headers) {
-            // Bodies are read up to `max_body` (the test push takes one).
-            return None;
+        let path = request.uri.path();
+        // Probes answer anyone (a load balancer names the node by its address).
+        if self.password.is_none() && !open_path(path) {
+            let host = request
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if host.is_some_and(|h| !loopback_host(h)) {
+                log_refused(path, "a Host other than localhost and no admin.password");
+                return Some(refusal(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "without admin.password the admin listener answers only requests for localhost, 127.0.0.1 or [::1]",
+                ));
+            }
         }
-        static EVERY: crate::vocab::LogEvery = crate::vocab::LogEvery::new();
-        if let Some(held) = EVERY.allow(1000) {
-            tracing::warn!(
-                path = request.uri.path(),
-                similar_since = held,
-                "admin request refused: 401"
-            );
+        if !open_path(path) && !self.authorized(&request.headers) {
+            log_refused(path, "no or a wrong admin.password");
+            return Some(refusal(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin listener needs admin.password (HTTP Basic, any user name, or Bearer)",
+            ));
         }
-        let body = serde_json::json!({"error": {"code": "unauthorized", "message": "the admin listener needs admin.password (HTTP Basic, any user name, or Bearer)"}});
-        let response = http::Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::WWW_AUTHENTICATE, "Basic realm=\"herald admin\"")
-            .body(Bytes::from(body.to_string()))
-            .unwrap_or_default();
-        Some(response)
+        // Only the test push takes a body: none is read (or held) for anything else.
+        let has_body = request.headers.contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        (has_body && path != WITH_BODY).then(|| {
+            refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "this endpoint takes no request body",
+            )
+        })
     }
 
     fn call(

@@ -437,7 +437,7 @@ async fn disconnect(
         .delivery
         .disconnect_user(&user, req.revoke_before)
         .await?;
-    tracing::info!(user = %user, disconnected = kicked.disconnected, revoked_before = ?kicked.revoked_before, "user disconnected by the API");
+    tracing::info!(user = %user, disconnected = kicked.disconnected, revoked_before = kicked.revoked_before, "user disconnected by the API");
     Ok(Json(kicked))
 }
 

@@ -363,7 +363,10 @@ impl Config {
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            bail!("store.url must be postgres://…, sqlite:PATH or empty, got `{url}`");
+            bail!(
+                "store.url must be postgres://…, sqlite:PATH or empty, got `{}`",
+                redact_url(url)
+            );
         }
         if !self.cluster.redis.is_empty() {
             crate::broker::redis::parse_url(&self.cluster.redis)?;
@@ -388,6 +391,20 @@ impl Config {
         }
         if self.api.keys.iter().any(String::is_empty) {
             bail!("api.keys must not contain an empty key");
+        }
+        let mut secrets = std::collections::HashSet::new();
+        let all = self
+            .api
+            .keys
+            .iter()
+            .chain(self.api.scoped_keys.iter().map(|k| &k.key));
+        for k in all {
+            if k.trim() != k {
+                bail!("an API key (api.keys, api.scoped_keys) starts or ends with whitespace: it could never match");
+            }
+            if !secrets.insert(k.as_str()) {
+                bail!("an API key is listed twice (api.keys, api.scoped_keys): which scopes it has would be unclear");
+            }
         }
         let mut names = std::collections::HashSet::new();
         for k in &self.api.scoped_keys {
@@ -420,6 +437,7 @@ impl Config {
         let mut c = self.clone();
         c.store.url = redact_url(&c.store.url);
         c.cluster.redis = redact_url(&c.cluster.redis);
+        c.webhooks.url = redact_url(&c.webhooks.url);
         if !c.auth.jwt_secret.is_empty() {
             c.auth.jwt_secret = "<hidden>".into();
         }
@@ -487,18 +505,43 @@ impl Config {
     }
 }
 
-/// Hides the password of a `scheme://user:password@host/…` URL.
+/// Hides the secrets of a URL: the password of `scheme://user:password@host/…`, and
+/// the values of query parameters that name one (`password`, `token`, `secret`, `key`,
+/// `sig`, `auth`). A string that is not a URL (a `key=value` connection string) is not
+/// shown at all.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
+        if url.contains('=') {
+            return "<hidden: not a URL>".to_owned();
+        }
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = match rest.rsplit_once('@') {
         Some((creds, host)) => match creds.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:<hidden>@{host}"),
-            None => url.to_owned(),
+            None => format!("{scheme}://{rest}"),
         },
-        None => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(q) = query {
+        const SECRET: [&str; 6] = ["password", "token", "secret", "key", "sig", "auth"];
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s)) => {
+                    format!("{k}=<hidden>")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// Deep-merges `over` into `base`.
@@ -624,6 +667,31 @@ mod tests {
             shown.contains("postgres://herald:<hidden>@db/herald"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn secrets_in_urls_are_hidden() {
+        for (url, shown) in [
+            ("postgres://h:pw@db/x", "postgres://h:<hidden>@db/x"),
+            (
+                "postgres://h@db/x?password=pw&sslmode=require",
+                "postgres://h@db/x?password=<hidden>&sslmode=require",
+            ),
+            (
+                "https://hooks.example/in?token=t1",
+                "https://hooks.example/in?token=<hidden>",
+            ),
+            ("host=db password=pw", "<hidden: not a URL>"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let e = Config::load(
+            &flags(),
+            env(&[("HERALD_STORE_URL", "host=db password=pw")]),
+        )
+        .unwrap_err();
+        assert!(!format!("{e:#}").contains("pw"), "{e:#}");
     }
 
     #[test]

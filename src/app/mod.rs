@@ -194,10 +194,11 @@ impl Node {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        // Its own small engine: no Socket.IO endpoint, a few connections.
+        // Its own small engine: no Socket.IO endpoint, a few connections, a few per
+        // address (a scraper holds one or two, a browser six).
         let config = transport::EngineConfig {
             max_connections: 256,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 16,
             ..transport::EngineConfig::default()
         };
         let engine = Engine::new(config, Vec::new());

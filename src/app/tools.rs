@@ -108,6 +108,9 @@ pub fn token(config: &Config, user: &str, ttl: &str) -> anyhow::Result<String> {
 }
 
 /// `90`, `90s`, `15m`, `1h`, `7d` as seconds.
+/// The longest `--ttl`: ten years.
+const MAX_TTL_SECS: u64 = 10 * 366 * 86_400;
+
 fn ttl_secs(ttl: &str) -> anyhow::Result<u64> {
     let ttl = ttl.trim();
     let (n, unit) = match ttl.find(|c: char| !c.is_ascii_digit()) {
@@ -125,8 +128,8 @@ fn ttl_secs(ttl: &str) -> anyhow::Result<u64> {
         _ => bail!("unknown unit `{unit}`: use s, m, h or d"),
     };
     match n.checked_mul(per) {
-        Some(0) | None => bail!("must be from 1 second to a few years"),
-        Some(s) => Ok(s),
+        Some(s) if (1..=MAX_TTL_SECS).contains(&s) => Ok(s),
+        _ => bail!("must be from 1 second to 10 years"),
     }
 }
 
@@ -161,7 +164,19 @@ mod tests {
         assert_eq!(ttl_secs("15m").unwrap(), 900);
         assert_eq!(ttl_secs("1h").unwrap(), 3600);
         assert_eq!(ttl_secs("7d").unwrap(), 604_800);
-        for bad in ["", "0", "1w", "h", "-1h", "99999999999999999999d"] {
+        assert_eq!(ttl_secs("3660d").unwrap(), 3660 * 86_400);
+        // Past ten years, and what would overflow `iat + ttl`, are refused.
+        for bad in [
+            "",
+            "0",
+            "1w",
+            "h",
+            "-1h",
+            "99999999999999999999d",
+            "3661d",
+            "18446744073709551615s",
+            "213503982334601d",
+        ] {
             assert!(ttl_secs(bad).is_err(), "{bad}");
         }
     }

@@ -134,7 +134,7 @@ struct Wire<'a> {
     /// The user's seq, for stored messages.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     s: Option<u64>,
-    /// When the push was accepted, µs since the epoch (for the latency metric).
+    /// When the push became deliverable, µs since the epoch (for the latency metric).
     #[serde(default)]
     u: u64,
 }
@@ -496,7 +496,7 @@ impl RedisBroker {
             let msg = Message {
                 id: w.i.to_owned(),
                 ts: w.t,
-                accepted_us: w.u,
+                ready_us: w.u,
                 event: w.e.to_owned(),
                 data: w.d.to_owned(),
                 target,
@@ -618,7 +618,7 @@ impl Broker for RedisBroker {
                 e: &msg.event,
                 d: data,
                 s: seq,
-                u: msg.accepted_us,
+                u: msg.ready_us,
             })
             .unwrap_or_default()
         };

@@ -59,7 +59,6 @@ async fn stored(store: &Store, user: &str, n: usize) -> Vec<String> {
             .append(NewMessage {
                 id: uuid::Uuid::now_v7().to_string(),
                 ts: 1,
-                accepted_us: 0,
                 event: "e".into(),
                 data: format!("{{\"n\":{i}}}"),
                 users: vec![user.to_owned()],
@@ -77,7 +76,7 @@ fn live(user: &str, seq: u64) -> Message {
     Message {
         id: format!("m{seq}"),
         ts: 1,
-        accepted_us: 0,
+        ready_us: 0,
         event: "e".into(),
         data: serde_json::value::RawValue::from_string(format!("{{\"n\":{}}}", seq - 1)).unwrap(),
         target: Target::Stored(vec![(user.to_owned(), seq)]),

@@ -32,7 +32,7 @@ pub(super) struct Broadcasts {
 #[derive(Default)]
 pub(super) struct Pending {
     packets: Vec<Vec<Outbound>>,
-    accepted_us: Vec<u64>,
+    ready_us: Vec<u64>,
 }
 
 /// Broadcasts waiting beyond this are fanned out by the pusher itself (which slows a
@@ -42,11 +42,11 @@ const MAX_PENDING_BROADCASTS: usize = 1024;
 impl Hub {
     /// Hands a broadcast to the fan-out task (started on first use), or fans out at
     /// once where there is no runtime, or too many broadcasts wait.
-    pub(super) fn broadcast(&self, packets: Vec<Outbound>, accepted_us: u64) {
+    pub(super) fn broadcast(&self, packets: Vec<Outbound>, ready_us: u64) {
         let b = &self.broadcasts;
         self.unfinished.fetch_add(1, Ordering::AcqRel);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return self.fan_out_now(packets, accepted_us);
+            return self.fan_out_now(packets, ready_us);
         };
         b.started.get_or_init(|| {
             rt.spawn(fan_out_task(b.clone(), self.me.clone()));
@@ -54,10 +54,10 @@ impl Hub {
         let mut pending = b.pending.lock();
         if pending.packets.len() >= MAX_PENDING_BROADCASTS {
             drop(pending);
-            return self.fan_out_now(packets, accepted_us);
+            return self.fan_out_now(packets, ready_us);
         }
         pending.packets.push(packets);
-        pending.accepted_us.push(accepted_us);
+        pending.ready_us.push(ready_us);
         let first = pending.packets.len() == 1;
         drop(pending);
         if first {
@@ -66,11 +66,11 @@ impl Hub {
     }
 
     /// Fans out `packets` now, after every broadcast accepted before it.
-    fn fan_out_now(&self, packets: Vec<Outbound>, accepted_us: u64) {
+    fn fan_out_now(&self, packets: Vec<Outbound>, ready_us: u64) {
         let _order = self.fanning_out.lock();
         let mut batch = self.take_pending();
         batch.packets.push(packets);
-        batch.accepted_us.push(accepted_us);
+        batch.ready_us.push(ready_us);
         self.fan_out_locked(&batch);
     }
 
@@ -110,7 +110,7 @@ impl Hub {
             .delivery_failures
             .inc_by((sockets * batch.len() - ok) as u64);
         if sockets > 0 {
-            for at in &pending.accepted_us {
+            for at in &pending.ready_us {
                 self.metrics
                     .latency
                     .observe(crate::metrics::seconds_since(*at));

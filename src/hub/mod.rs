@@ -123,8 +123,8 @@ pub struct HubMetrics {
     pub deliveries: IntCounter,
     /// Deliveries that failed because a socket's queue was full or it had closed.
     pub delivery_failures: IntCounter,
-    /// From a push's acceptance (on whichever node) to its packets queued for this
-    /// node's connections: once per push and node.
+    /// From a push being ready (accepted if live, committed if stored; on whichever
+    /// node) to its packets queued for this node's connections: once per push and node.
     pub latency: Histogram,
     /// Acks received for stored messages.
     pub acks: IntCounter,
@@ -149,7 +149,7 @@ impl Default for HubMetrics {
             latency: histogram(
                 &r,
                 "herald_delivery_seconds",
-                "Push accepted (on any node) to its packets queued on this node's connections: one observation per push reaching this node.",
+                "A push ready (accepted if live, committed if stored; on any node) to its packets queued on this node's connections: one observation per push and node.",
                 LATENCY,
             ),
             acks: counter(
@@ -346,7 +346,7 @@ impl Hub {
             Target::All => {
                 // Answered with the sockets in rooms now; the fan-out follows shortly.
                 queued = self.held.load(Ordering::Relaxed);
-                self.broadcast(encode_live(msg), msg.accepted_us);
+                self.broadcast(encode_live(msg), msg.ready_us);
             }
             Target::Stored(seqs) => {
                 let mut reached = 0;
@@ -377,8 +377,8 @@ impl Hub {
     /// Records how long `msg` took to reach this node's connections, if it reached
     /// any (one observation per push and node, whatever the number of users).
     fn observe_latency(&self, msg: &Message, users: u64) {
-        if users > 0 && msg.accepted_us > 0 {
-            let took = crate::metrics::seconds_since(msg.accepted_us);
+        if users > 0 && msg.ready_us > 0 {
+            let took = crate::metrics::seconds_since(msg.ready_us);
             self.metrics.latency.observe(took);
         }
     }

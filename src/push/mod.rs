@@ -359,7 +359,6 @@ impl PushService {
         let msg = NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             ts: now_ms(),
-            accepted_us: crate::metrics::now_us(),
             event: req.event.clone(),
             data: req.data.get().to_owned(),
             users,
@@ -428,12 +427,12 @@ impl PushService {
     }
 
     fn send(&self, req: PushRequest, target: Target) -> PushResult {
-        let accepted_us = crate::metrics::now_us();
-        let ts = accepted_us / 1000;
+        let ready_us = crate::metrics::now_us();
+        let ts = ready_us / 1000;
         let msg = Message {
             id: uuid::Uuid::now_v7().to_string(),
             ts,
-            accepted_us,
+            ready_us,
             event: req.event,
             data: req.data,
             target,

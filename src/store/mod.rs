@@ -147,8 +147,6 @@ impl From<serde_json::Error> for StoreError {
 pub struct NewMessage {
     pub id: String,
     pub ts: u64,
-    /// When it was accepted, µs since the epoch (see [`Message::accepted_us`]).
-    pub accepted_us: u64,
     pub event: String,
     /// JSON text.
     pub data: String,
@@ -704,10 +702,14 @@ pub(crate) fn settle(
     match result {
         Ok(()) => {
             health.ok();
+            let committed_us = crate::metrics::now_us();
             for d in done {
                 match d {
                     Done::Append(reply, r, msg) => {
-                        if let Some(m) = msg {
+                        if let Some(mut m) = msg {
+                            if let Some(m) = Arc::get_mut(&mut m) {
+                                m.ready_us = committed_us;
+                            }
                             forward(m);
                         }
                         let _ = reply.send(r);
@@ -748,7 +750,8 @@ fn committed_message(msg: &NewMessage, seqs: &[(String, u64)]) -> Option<Arc<Mes
     Some(Arc::new(Message {
         id: msg.id.clone(),
         ts: msg.ts,
-        accepted_us: msg.accepted_us,
+        // Stamped when the batch's commit is answered (see `settle`).
+        ready_us: 0,
         event: msg.event.clone(),
         data,
         target: Target::Stored(seqs.to_vec()),

@@ -7,6 +7,14 @@ use crate::store::Revocation;
 /// Erases `user`'s copies, the messages only they held, their device positions and
 /// unread state; the seq counter stays. Returns the copies erased.
 pub(super) fn erase(tx: &Transaction<'_>, user: &str) -> Result<u64, rusqlite::Error> {
+    // The last seq is read from the inbox rows too (see the module above): keep it in
+    // `users` before they go, so that seqs are never handed out twice.
+    tx.prepare_cached(
+        "INSERT INTO users (user_id, last_seq)
+         SELECT user_id, MAX(seq) FROM inbox WHERE user_id = ?1 GROUP BY user_id
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = MAX(users.last_seq, excluded.last_seq)",
+    )?
+    .execute([user])?;
     let ids: Vec<String> = tx
         .prepare_cached("SELECT message_id FROM inbox WHERE user_id = ?1")?
         .query_map([user], |r| r.get(0))?
