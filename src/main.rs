@@ -67,6 +67,10 @@ fn main() {
         Command::Config => config.redacted().map(|s| print!("{s}")),
         Command::CheckConfig => match app::tools::check(&config) {
             Ok(summary) => {
+                // What a start would warn about, without failing the check.
+                for w in config.warnings() {
+                    eprintln!("herald: warning: {w}");
+                }
                 println!("{summary}");
                 Ok(())
             }

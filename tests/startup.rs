@@ -143,6 +143,21 @@ fn check_config_exits_0_or_2_with_the_reason() {
     assert_eq!(ok.status.code(), Some(0));
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(out.starts_with("ok: listen 127.0.0.1:3000"), "{out}");
+    // What a start would warn about is said, and the check still passes.
+    let weak = tool(
+        &["check-config"],
+        &[
+            ("HERALD_AUTH_JWT_SECRET", "short"),
+            ("HERALD_API_KEYS", "k1"),
+        ],
+    );
+    assert_eq!(weak.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&weak.stderr);
+    assert!(
+        err.contains("warning: auth.jwt_secret is shorter than 16 bytes")
+            && err.contains("warning: an API key"),
+        "{err}"
+    );
     // Caught by the configuration's own checks, and by what only a start would try.
     for (env, reason) in [
         (

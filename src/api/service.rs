@@ -77,20 +77,18 @@ fn count(
     path: &str,
     status: http::StatusCode,
 ) {
-    {
-        let Some(m) = metrics else { return };
-        if !path.starts_with("/api/") {
-            return;
-        }
-        let route = match keys::route(method, path) {
-            Some((pattern, _)) => pattern,
-            None if path == "/api/v1/openapi.json" => "/api/v1/openapi.json",
-            None => "other",
-        };
-        m.requests
-            .with_label_values(&[route, status.as_str()])
-            .inc();
+    let Some(m) = metrics else { return };
+    if !path.starts_with("/api/") {
+        return;
     }
+    let route = match keys::route(method, path) {
+        Some((pattern, _)) => pattern,
+        None if path == "/api/v1/openapi.json" => "/api/v1/openapi.json",
+        None => "other",
+    };
+    m.requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
 }
 
 /// Whether a path needs an API key (everything under `/api/` but the OpenAPI document).
@@ -159,11 +157,9 @@ impl Fallback for HttpService {
         let router = self.router.clone();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let key = self
-            .keys
-            .as_ref()
-            .and_then(|k| k.caller(request.headers()).ok())
-            .map(|c| c.name.into_owned());
+        // Which key called is worked out only if the call is refused (for the log).
+        let keys = self.keys.clone();
+        let auth = request.headers().get(header::AUTHORIZATION).cloned();
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let request = request.map(axum::body::Body::from);
@@ -182,6 +178,13 @@ impl Fallback for HttpService {
                     .ok()
                     .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
                     .unwrap_or_default();
+                let mut headers = http::HeaderMap::new();
+                if let Some(a) = auth {
+                    headers.insert(header::AUTHORIZATION, a);
+                }
+                let key = keys
+                    .and_then(|k| k.caller(&headers).ok())
+                    .map(|c| c.name.into_owned());
                 log_refused(parts.status, &code, key.as_deref(), &path);
             }
             http::Response::from_parts(parts, bytes)

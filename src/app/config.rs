@@ -432,6 +432,34 @@ impl Config {
         Ok(())
     }
 
+    /// What works but is unwise, for the log at start and for `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let a = &self.auth;
+        if !self.dev_auth && a.jwt_secret.is_empty() && a.jwt_public_key_file.is_empty() {
+            w.push("no client authentication configured (auth.jwt_secret or auth.jwt_public_key_file): every client will be refused; use --dev-auth to try herald locally".to_owned());
+        }
+        if !a.jwt_secret.is_empty() && a.jwt_secret.len() < 16 {
+            w.push(format!("auth.jwt_secret is shorter than 16 bytes ({}): tokens signed with it can be forged by guessing it; use 32 random bytes or more", a.jwt_secret.len()));
+        }
+        let keys = &self.api;
+        if keys.keys.iter().any(|k| k.len() < 16)
+            || keys.scoped_keys.iter().any(|k| k.key.len() < 16)
+        {
+            w.push("an API key (api.keys, api.scoped_keys) is shorter than 16 bytes: easy to guess; use 32 random bytes or more".to_owned());
+        }
+        if !self.admin.password.is_empty() && self.admin.password.len() < 16 {
+            w.push("admin.password is shorter than 16 bytes: easy to guess; use 32 random bytes or more".to_owned());
+        }
+        if self.demo.enabled && !self.dev_auth {
+            w.push("the demo page's inbox needs --dev-auth (the page names its user unverified); without it the page connects anonymously and gets the x, y feed only".to_owned());
+        }
+        if keys.keys.is_empty() && keys.scoped_keys.is_empty() && !self.dev_auth {
+            w.push("no API keys configured (api.keys): every API call will be refused".to_owned());
+        }
+        w
+    }
+
     /// The configuration as TOML with secrets hidden.
     pub fn redacted(&self) -> anyhow::Result<String> {
         let mut c = self.clone();

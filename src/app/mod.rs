@@ -45,33 +45,8 @@ impl Node {
     /// Wires the layers and opens the store; fails on settings that cannot work.
     pub async fn new(config: config::Config) -> anyhow::Result<Node> {
         let auth = Authenticator::new(&config.auth, config.dev_auth)?;
-        if !auth.is_configured() {
-            tracing::warn!(
-                "no client authentication configured (auth.jwt_secret or auth.jwt_public_key_file): \
-                 every client will be refused; use --dev-auth to try herald locally"
-            );
-        }
-        if !config.auth.jwt_secret.is_empty() && config.auth.jwt_secret.len() < 16 {
-            tracing::warn!(
-                bytes = config.auth.jwt_secret.len(),
-                "auth.jwt_secret is shorter than 16 bytes: tokens signed with it can be forged by guessing it; use 32 random bytes or more"
-            );
-        }
-        if config.api.keys.iter().any(|k| k.len() < 16)
-            || config.api.scoped_keys.iter().any(|k| k.key.len() < 16)
-        {
-            tracing::warn!("an API key (api.keys, api.scoped_keys) is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
-        }
-        if !config.admin.password.is_empty() && config.admin.password.len() < 16 {
-            tracing::warn!("admin.password is shorter than 16 bytes: easy to guess; use 32 random bytes or more");
-        }
-        if config.demo.enabled && !config.dev_auth {
-            tracing::warn!(
-                "the demo page's inbox needs --dev-auth (the page names its user unverified); without it the page connects anonymously and gets the x, y feed only"
-            );
-        }
-        if config.api.keys.is_empty() && config.api.scoped_keys.is_empty() && !config.dev_auth {
-            tracing::warn!("no API keys configured (api.keys): every API call will be refused");
+        for w in config.warnings() {
+            tracing::warn!("{w}");
         }
         let hub = Hub::new(config.hub.clone());
         let (committed, to_dispatch) = tokio::sync::mpsc::channel(4096);
