@@ -162,6 +162,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A request's whole body.
+async fn body_bytes(body: axum::body::Body) -> Result<bytes::Bytes, ApiError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("unreadable request body: {e}")))?
+        .to_bytes())
+}
+
 /// A JSON body whose rejections are [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
 
@@ -172,11 +181,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
         // serde would also take a struct written as an array of its fields: the API
         // takes objects only.
         let (parts, body) = req.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("unreadable request body: {e}")))?
-            .to_bytes();
+        let bytes = body_bytes(body).await?;
         if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             if *first != b'{' {
                 return Err(ApiError::BadRequest(
@@ -262,11 +267,7 @@ impl<T: serde::de::DeserializeOwned + Default, S: Send + Sync> FromRequest<S> fo
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("unreadable request body: {e}")))?
-            .to_bytes();
+        let bytes = body_bytes(body).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(MaybeJson(T::default()));
         }

@@ -668,34 +668,8 @@ impl Broker for RedisBroker {
 
     fn remote_presence<'a>(&'a self, user: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let Some(cmds) = self.commands() else {
-                return 0;
-            };
-            let Ok(reply) = cmds.call(&[b"HGETALL", &presence_key(user)]).await else {
-                return 0;
-            };
-            let items = reply.into_array();
-            let mut total = 0;
-            for pair in items.chunks(2) {
-                let (Some(node), Some(n)) =
-                    (pair[0].as_text(), pair.get(1).and_then(Reply::as_int))
-                else {
-                    continue;
-                };
-                if node == self.0.node {
-                    continue;
-                }
-                let alive = cmds
-                    .call(&[b"EXISTS", &node_key(&node)])
-                    .await
-                    .ok()
-                    .and_then(|r| r.as_int())
-                    == Some(1);
-                if alive {
-                    total += n.max(0) as usize;
-                }
-            }
-            total
+            let by_node = self.presence_by_node(user).await;
+            by_node.iter().map(|(_, n)| *n as usize).sum()
         })
     }
 

@@ -43,7 +43,7 @@ fi
 if [[ $# -gt 0 ]]; then
   files=("$@")
 else
-  files=(push.test.js inbox.test.js demo.test.js seed.test.js)
+  files=(push.test.js inbox.test.js demo.test.js seed.test.js admin.test.js)
 fi
 
 echo "== e2e tests against $HERALD_BIN"
