@@ -43,9 +43,18 @@ fn main() {
     };
     // The log format is a setting: read the configuration once quietly to learn it, then
     // again with logging on, so that what loading says is written in that format.
+    // The file is read once: it may be a pipe.
+    let file = match Config::read_file(&cli.flags) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let format =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-            Config::load(&cli.flags, std::env::vars()).map_or(LogFormat::Text, |c| c.log.format)
+            Config::load_with(&cli.flags, file.as_deref(), std::env::vars())
+                .map_or(LogFormat::Text, |c| c.log.format)
         });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -56,7 +65,7 @@ fn main() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
-    let config = match Config::load(&cli.flags, std::env::vars()) {
+    let config = match Config::load_with(&cli.flags, file.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("herald: {e:#}");

@@ -290,6 +290,20 @@ async fn without_a_password_the_admin_listener_answers_only_for_localhost() {
         let (status, body) = http(herald.admin, with_host(host).as_bytes()).await;
         assert_eq!(status, 403, "{host}: {body}");
     }
+    // What no browser sends is refused too, rather than guessed at: no Host, two, one
+    // that is not text, a target naming another host.
+    for request in [
+        &b"GET /admin/api/stats HTTP/1.0\r\n\r\n"[..],
+        b"GET /admin/api/stats HTTP/1.1\r\nHost: localhost\r\nHost: evil.com\r\nConnection: close\r\n\r\n",
+        b"GET /admin/api/stats HTTP/1.1\r\nHost: evil\xff.com\r\nConnection: close\r\n\r\n",
+        b"GET http://evil.com/admin/api/stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, body) = http(herald.admin, request).await;
+        assert_eq!(status, 403, "{}: {body}", String::from_utf8_lossy(request));
+    }
+    // Only a POST of the test push takes a body.
+    let get = "GET /admin/api/push HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n";
+    assert_eq!(http(herald.admin, get.as_bytes()).await.0, 413);
 }
 
 #[test]

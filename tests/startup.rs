@@ -282,3 +282,30 @@ async fn a_refused_connect_is_logged_with_its_reason_and_address_never_the_token
         "the token is never logged: {err}"
     );
 }
+
+#[test]
+fn a_config_file_from_a_pipe_is_read_once() {
+    use std::io::Write as _;
+    let mut child = common::herald_cmd()
+        .args(["config", "--config", "/dev/stdin"])
+        .env_remove("HERALD_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"[api]\nkeys = [\"a-key-from-a-pipe-0123\"]\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("keys = [\"<hidden>\"]"), "{shown}");
+}

@@ -269,11 +269,15 @@ impl Fallback for AdminService {
         let path = request.uri.path();
         // Probes answer anyone (a load balancer names the node by its address).
         if self.password.is_none() && !open_path(path) {
-            let host = request
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok());
-            if host.is_some_and(|h| !loopback_host(h)) {
+            // Exactly one Host, readable, naming loopback; an absolute-form target's
+            // authority too. Anything else is refused rather than guessed at.
+            let mut hosts = request.headers.get_all(header::HOST).iter();
+            let host = match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h.to_str().ok(),
+                _ => None,
+            };
+            let target = request.uri.authority().map(|a| a.as_str());
+            if !host.is_some_and(loopback_host) || !target.is_none_or(loopback_host) {
                 log_refused(path, "a Host other than localhost and no admin.password");
                 return Some(refusal(
                     StatusCode::FORBIDDEN,
@@ -296,7 +300,7 @@ impl Fallback for AdminService {
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0");
-        (has_body && path != WITH_BODY).then(|| {
+        (has_body && !(path == WITH_BODY && request.method == http::Method::POST)).then(|| {
             refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -201,6 +201,27 @@ pub struct DemoSection {
     pub client_herald: String,
 }
 
+/// What a node does on SIGTERM or SIGINT (`[shutdown]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// Seconds a draining node goes on accepting, `/readyz` answering 503, so that a
+    /// load balancer notices before connections are refused. Default 5.
+    pub grace_secs: u64,
+    /// Seconds over which a draining node then closes its clients' transports (they
+    /// reconnect, and resume, elsewhere). Default 10.
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            grace_secs: 5,
+            drain_secs: 10,
+        }
+    }
+}
+
 /// How log lines are written (`[log] format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,6 +261,7 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub admin: AdminConfig,
     pub log: LogSection,
+    pub shutdown: ShutdownSection,
     pub demo: DemoSection,
 }
 
@@ -259,6 +281,7 @@ impl Default for Config {
             webhooks: WebhookConfig::default(),
             admin: AdminConfig::default(),
             log: LogSection::default(),
+            shutdown: ShutdownSection::default(),
             demo: DemoSection::default(),
         }
     }
@@ -273,14 +296,34 @@ impl Config {
         flags: &Flags,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
+        let file = Config::read_file(flags)?;
+        Config::load_with(flags, file.as_deref(), env)
+    }
+
+    /// The text of `flags.config`, read once (it may be a pipe, readable only once).
+    pub fn read_file(flags: &Flags) -> anyhow::Result<Option<String>> {
+        flags
+            .config
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))
+            })
+            .transpose()
+    }
+
+    /// [`Config::load`] with the configuration file's text already read.
+    pub fn load_with(
+        flags: &Flags,
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
         let mut table = match Value::try_from(Config::default()).context("default configuration")? {
             Value::Table(t) => t,
             _ => bail!("default configuration is not a table"),
         };
-        if let Some(path) = &flags.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            let file: Table = toml::from_str(&text)
+        if let (Some(path), Some(text)) = (&flags.config, file) {
+            let file: Table = toml::from_str(text)
                 .with_context(|| format!("invalid TOML in {}", path.display()))?;
             merge(&mut table, file);
         }
@@ -448,6 +491,9 @@ impl Config {
         {
             w.push("an API key (api.keys, api.scoped_keys) is shorter than 16 bytes: easy to guess; use 32 random bytes or more".to_owned());
         }
+        if !self.webhooks.secret.is_empty() && self.webhooks.secret.len() < 16 {
+            w.push("webhooks.secret is shorter than 16 bytes: a receiver's signatures could be forged by guessing it; use 32 random bytes or more".to_owned());
+        }
         if !self.admin.password.is_empty() && self.admin.password.len() < 16 {
             w.push("admin.password is shorter than 16 bytes: easy to guess; use 32 random bytes or more".to_owned());
         }
@@ -539,7 +585,7 @@ impl Config {
 /// shown at all.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        if url.contains('=') {
+        if url.contains('=') || url.contains('@') {
             return "<hidden: not a URL>".to_owned();
         }
         return url.to_owned();
@@ -560,7 +606,7 @@ pub(crate) fn redact_url(url: &str) -> String {
         let params: Vec<String> = q
             .split('&')
             .map(|p| match p.split_once('=') {
-                Some((k, _)) if SECRET.iter().any(|s| k.to_ascii_lowercase().contains(s)) => {
+                Some((k, _)) if SECRET.iter().any(|s| percent_decoded(k).contains(s)) => {
                     format!("{k}=<hidden>")
                 }
                 _ => p.to_owned(),
@@ -570,6 +616,32 @@ pub(crate) fn redact_url(url: &str) -> String {
         out.push_str(&params.join("&"));
     }
     out
+}
+
+/// `s` with `%XX` escapes decoded, lower-cased (for matching parameter names, which
+/// a client library decodes before it reads them).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
 /// Deep-merges `over` into `base`.
@@ -710,6 +782,11 @@ mod tests {
                 "https://hooks.example/in?token=<hidden>",
             ),
             ("host=db password=pw", "<hidden: not a URL>"),
+            ("postgres:/u:pw@h/db", "<hidden: not a URL>"),
+            (
+                "postgres://u@h/db?pass%77ord=pw",
+                "postgres://u@h/db?pass%77ord=<hidden>",
+            ),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
         ] {
             assert_eq!(redact_url(url), shown);
