@@ -85,6 +85,8 @@ pub struct ApiState {
     pub metrics: Arc<metrics::NodeMetrics>,
     /// This node's id (the cluster's `node_id`, or `local`), and when it started (ms).
     pub node: Arc<(String, u64)>,
+    /// Set once the node drains (SIGTERM): `/readyz` answers 503 `draining`.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Every way an API call fails, converted to the wire in one place.
@@ -488,9 +490,14 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 503 with `degraded` while the store cannot write (pushes would be
-/// refused) or routing does not work fully (Redis away).
+/// Readiness: 503 with `draining` once the node is shutting down, or with `degraded`
+/// while the store cannot write (pushes would be refused) or routing does not work fully
+/// (Redis away).
 pub(crate) async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = serde_json::json!({"status": "draining"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let writable = state.store.writable().await;
     let ok = writable && state.delivery.healthy();
     let body = serde_json::json!({

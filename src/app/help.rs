@@ -20,6 +20,8 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("admin.listen", "the admin listener: /metrics, /healthz, /readyz, the admin page (empty: none)"),
     ("admin.password", "the admin listener's credential (Basic, any user, or Bearer); required off loopback"),
     ("log.format", "text or json (one JSON object per line)"),
+    ("shutdown.grace_secs", "on SIGTERM: keep accepting this long while /readyz answers 503 (draining), so a load balancer notices"),
+    ("shutdown.drain_secs", "then close the clients' transports spread over this long (they reconnect and resume elsewhere)"),
     ("api.max_body_bytes", "largest API request body"),
     ("api.max_users_per_push", "users in one push"),
     ("api.idempotency_window_secs", "how long an idempotency key is remembered"),

@@ -39,6 +39,8 @@ pub struct Node {
     http: Arc<HttpService>,
     /// What the admin listener serves (metrics, health, the admin page).
     admin: Arc<dyn Fallback>,
+    /// Set when the node starts draining; `/readyz` reads it.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -124,6 +126,7 @@ impl Node {
             None if !config.cluster.node_id.is_empty() => config.cluster.node_id.clone(),
             None => "local".to_owned(),
         };
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = ApiState {
             push: push.clone(),
             hub: hub.clone(),
@@ -139,6 +142,7 @@ impl Node {
             webhooks,
             metrics: Arc::new(api::metrics::NodeMetrics::new(registries)),
             node: Arc::new((node_id, crate::vocab::now_ms())),
+            draining: draining.clone(),
         };
         let mut routes = api::routes(state.clone());
         if config.demo.enabled {
@@ -159,7 +163,14 @@ impl Node {
             cluster,
             http,
             admin,
+            draining,
         })
+    }
+
+    /// Marks the node as draining: `/readyz` answers 503 `draining` from now on.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Serves the admin listener (metrics, health, the admin page) on `listener` until
@@ -187,6 +198,20 @@ impl Node {
 
     /// Serves on `listener` until `shutdown` completes, then closes every session.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.run_draining(listener, shutdown, std::time::Duration::ZERO)
+            .await;
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then stops accepting, closes the
+    /// sessions' transports spread over `drain`, waits for the API requests being
+    /// answered (at most `drain` more) and for the store to commit what was queued, and
+    /// leaves the cluster.
+    pub async fn run_draining(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: std::time::Duration,
+    ) {
         let demo = self
             .config
             .demo
@@ -197,7 +222,7 @@ impl Node {
             shutdown.await;
             delivery.flush();
         };
-        transport::serve(
+        transport::serve_until(
             listener,
             self.engine.clone(),
             Some(self.http.clone() as Arc<dyn Fallback>),
@@ -206,6 +231,22 @@ impl Node {
         .await;
         if let Some(d) = demo {
             d.abort();
+        }
+        let sessions = self.engine.sessions();
+        if !drain.is_zero() && sessions > 0 {
+            tracing::info!(
+                sessions,
+                secs = drain.as_secs_f64(),
+                "draining: closing the clients' transports"
+            );
+        }
+        self.engine.close_gradually(drain).await;
+        let deadline = tokio::time::Instant::now() + drain.max(std::time::Duration::from_secs(1));
+        while self.engine.requests_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "the store could not commit what was queued at shutdown");
         }
         self.delivery.leave_cluster().await;
     }
@@ -271,7 +312,21 @@ pub async fn serve(mut config: config::Config) -> anyhow::Result<()> {
         })
     });
     summary(&node.config, local, &admin_addr);
-    node.run(listener, shutdown_signal()).await;
+    let first = signals();
+    let grace = std::time::Duration::from_secs(node.config.shutdown.grace_secs);
+    let drain_for = std::time::Duration::from_secs(node.config.shutdown.drain_secs);
+    let draining = node.draining.clone();
+    let stop_accepting = async move {
+        let _ = first.await;
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            drain_secs = drain_for.as_secs(),
+            "draining: /readyz answers 503; accepting during the grace period, then closing connections (a second signal exits at once)"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    node.run_draining(listener, stop_accepting, drain_for).await;
     let _ = stop_admin.send(());
     if let Some(t) = admin_task {
         let _ = t.await;
@@ -347,14 +402,30 @@ fn summary(config: &config::Config, local: std::net::SocketAddr, admin: &str) {
     );
 }
 
-async fn shutdown_signal() {
+/// The first SIGTERM or SIGINT completes the receiver; a second one, while the node
+/// drains, ends the process at once (exit code 1).
+fn signals() -> tokio::sync::oneshot::Receiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot watch for SIGTERM and SIGINT: stop herald with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("a second signal while draining: exiting now");
+        std::process::exit(1);
+    });
+    rx
 }

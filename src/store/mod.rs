@@ -561,6 +561,11 @@ impl Store {
     }
 
     /// Whether a durable push within the idempotency window used `key`.
+    /// Waits until every write queued before it is committed (or has failed).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(WriteOp::Probe).await.map(drop)
+    }
+
     /// Erases `user`'s stored messages (their copies, and messages no one else holds),
     /// device positions and read state (a deletion request). The user's seq counter
     /// stays, so that the seqs their devices hold keep their meaning. Answers the

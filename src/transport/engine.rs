@@ -191,6 +191,8 @@ pub(crate) struct EngineInner {
     pub(crate) per_ip: PerIp,
     /// Registered sessions (and places reserved for sessions being opened).
     sessions: AtomicUsize,
+    /// HTTP requests to the fallback (the API) being answered, for a drain to wait on.
+    pub(crate) requests: AtomicUsize,
 }
 
 impl EngineInner {
@@ -355,6 +357,7 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 per_ip,
                 sessions: AtomicUsize::new(0),
+                requests: AtomicUsize::new(0),
                 config,
                 metrics: Metrics::default(),
                 endpoints: endpoints
@@ -400,6 +403,36 @@ impl Engine {
     /// Looks up a live session by id.
     pub fn session(&self, sid: &str) -> Option<Arc<Session>> {
         Sid::parse(sid).and_then(|sid| self.inner.get(&sid))
+    }
+
+    /// Closes every session's transport, spread evenly over `over` (a drain: clients
+    /// reconnect, to other nodes, a few at a time rather than all at once). Each is a
+    /// transport close after its queue is flushed, never a Socket.IO DISCONNECT, which
+    /// would stop a client from reconnecting.
+    pub async fn close_gradually(&self, over: std::time::Duration) {
+        let all: Vec<Arc<Session>> = self
+            .inner
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
+            .collect();
+        // At most 100 steps: one every `over / 100`.
+        let steps = all.len().clamp(1, 100);
+        let per_step = all.len().div_ceil(steps).max(1);
+        let pause = over / steps as u32;
+        for (i, batch) in all.chunks(per_step).enumerate() {
+            if i > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            for s in batch {
+                s.disconnect();
+            }
+        }
+    }
+
+    /// API requests being answered now.
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner.requests.load(Ordering::Relaxed)
     }
 
     /// Closes every session (used on shutdown).

@@ -33,5 +33,5 @@ pub use config::{EngineConfig, OverflowPolicy};
 pub use engine::{Engine, EngineHandler, Metrics, OpenRequest};
 pub use limits::{check_exemptions, CidrError};
 pub use packet::{Eio, Outbound};
-pub use server::{serve, Fallback};
+pub use server::{serve, serve_until, Fallback};
 pub use session::{CloseReason, Connection, Message, MessageError, SendError, Session, Sid};

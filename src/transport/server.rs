@@ -78,6 +78,19 @@ pub async fn serve(
     fallback: Option<Arc<dyn Fallback>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_until(listener, engine.clone(), fallback, shutdown).await;
+    engine.close_all();
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, and returns: the
+/// connections accepted go on being served (a drain closes their sessions, see
+/// [`Engine::close_gradually`]).
+pub async fn serve_until(
+    listener: TcpListener,
+    engine: Engine,
+    fallback: Option<Arc<dyn Fallback>>,
+    shutdown: impl Future<Output = ()>,
+) {
     engine.spawn_heartbeat();
     engine.spawn_flushers();
     let shared = Arc::new(Shared {
@@ -129,7 +142,6 @@ pub async fn serve(
             }
         }
     }
-    engine.close_all();
 }
 
 /// What a connection does after a request.
@@ -252,6 +264,9 @@ async fn fallback(
         let _ = write(engine, stream, &encode_response(&early, false)).await;
         return false;
     }
+    // Counted while its body is read and it is answered: a drain waits for these.
+    engine.requests.fetch_add(1, Ordering::Relaxed);
+    let _answered = InFlight(&engine.requests);
     let response = match read_body(engine, stream, head, buf, f.max_body()).await {
         Ok(body) => {
             f.call(http_types::Request::from_parts(
@@ -276,6 +291,15 @@ async fn fallback(
         .await
         .is_ok()
         && head.keep_alive
+}
+
+/// Gives back a place in the count of requests in flight.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serializes a fallback response with a `Content-Length`.
