@@ -9,6 +9,8 @@
 # that answers 204; each acked push then also writes a receipt, an outbox event, and
 # posts it), side by side.
 set -euo pipefail
+# No drain when a server is stopped between runs.
+export HERALD_SHUTDOWN_GRACE_SECS=0 HERALD_SHUTDOWN_DRAIN_SECS=0
 # The load comes from a few loopback addresses: herald's per-address limits are off.
 export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
   HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0

@@ -4,6 +4,8 @@
 # bench/run.sh, which also measures the peers).
 # Usage: bench/idle-rss.sh [counts...]   (default: 1000 10000 19500)
 set -euo pipefail
+# No drain when a server is stopped between runs.
+export HERALD_SHUTDOWN_GRACE_SECS=0 HERALD_SHUTDOWN_DRAIN_SECS=0
 # The load comes from a few loopback addresses: herald's per-address limits are off.
 export HERALD_TRANSPORT_MAX_CONNECTIONS_PER_IP=0 HERALD_TRANSPORT_MAX_HANDSHAKES_PER_IP_PER_SEC=0 \
   HERALD_TRANSPORT_MAX_SESSIONS_PER_IP=0

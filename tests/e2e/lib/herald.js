@@ -90,6 +90,9 @@ function childEnv(extra) {
   env.HERALD_LOG = process.env.HERALD_E2E_LOG || "warn";
   // No admin listener unless a test asks for one: its default address is one per machine.
   env.HERALD_ADMIN_LISTEN = "";
+  // Stopped at once (no drain) unless a test asks for one.
+  env.HERALD_SHUTDOWN_GRACE_SECS = "0";
+  env.HERALD_SHUTDOWN_DRAIN_SECS = "0";
   return { ...env, ...extra };
 }
 
