@@ -451,6 +451,12 @@ def main():
     for p in PEERS:
         if "herald" in ch and p in ch:
             rr.append([f"herald ÷ {NAMES[p]}", ratio(ch["herald"].get("cpu_us_per_connection"), ch[p].get("cpu_us_per_connection"))])
+    accepts = [r["cpu_us_per_connection"] for r in by(rows, "accept_floor")]
+    if accepts and "herald" in ch:
+        af = sum(accepts) / len(accepts)
+        rr.append(["herald ÷ a bare TCP accept, read and close (the floor, "
+                   f"{fmt(af)} µs, `herald-bench accept-floor`)",
+                   ratio(ch["herald"].get("cpu_us_per_connection"), af)])
     if rr:
         d.table(["ratio", "CPU/connection"], rr)
     if len({r.get("secs") for r in ch.values()}) > 1:

@@ -218,6 +218,9 @@ IFS=, read -r -a server_list <<<"$servers"
 floor() {
   nice -n "$prio" taskset -c "$server_cpu" "$bench_bin" floor --connections $((conns < 9500 ? conns : 9500)) --rounds 20 \
     --label "kernel-$1" --out "$results" >/dev/null
+  # And S6's: a bare TCP accept, read to the end, close.
+  nice -n "$prio" taskset -c "$server_cpu" "$bench_bin" accept-floor --connections 10000 \
+    --label "kernel-$1" --out "$results" >/dev/null
 }
 floor before
 

@@ -220,6 +220,20 @@ enum Scenario {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The kernel's floor under S6: CPU of a bare TCP accept, read to the end and close
+    /// on the accepting side (what every connection costs a server at least), measured
+    /// on a thread of this process.
+    AcceptFloor {
+        /// Connections accepted (each leaves a TIME_WAIT socket on the connecting side).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Name in the results.
+        #[arg(long, default_value = "kernel")]
+        label: String,
+        /// Append JSON results to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A webhook receiver that takes every POST (204) and counts them, for measuring
     /// herald with webhooks on. Prints the count every 10 s.
     Sink {
@@ -360,6 +374,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             label,
             out,
         } => scenarios::floor(connections, rounds, bytes, &Report { label, out }),
+        Scenario::AcceptFloor {
+            connections,
+            label,
+            out,
+        } => scenarios::accept_floor(connections, &Report { label, out }),
         Scenario::Sink { listen } => sink(&listen).await,
         Scenario::Churn {
             conn,

@@ -664,6 +664,44 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// The kernel's floor per connection: `n` loopback connections made one after another
+/// and closed by the connecting side; a thread accepts each, reads to its end and
+/// closes it, timed by that thread's CPU clock. S6's figure (connect, handshake, join,
+/// leave) is compared with it.
+pub fn accept_floor(n: usize, report: &Report) -> anyhow::Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<f64> {
+        let mut cpu = 0.0;
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            // Waiting for the next connection costs no CPU; each is timed from accept.
+            let t0 = thread_cpu();
+            let (mut s, _) = listener.accept()?;
+            while s.read(&mut buf)? > 0 {}
+            drop(s);
+            cpu += thread_cpu() - t0;
+        }
+        Ok(cpu)
+    });
+    for _ in 0..n {
+        drop(std::net::TcpStream::connect(addr)?);
+    }
+    let cpu = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the accepting thread panicked"))??;
+    let per = cpu * 1e6 / n as f64;
+    eprintln!(
+        "[{}] accept floor: {n} connections accepted, read and closed: {per:.2} us each",
+        report.label
+    );
+    report.emit(
+        "accept_floor",
+        json!({"connections": n, "cpu_s": round(cpu, 4), "cpu_us_per_connection": round(per, 3)}),
+    )
+}
+
 /// The kernel's floor per delivery: one `write` of `bytes` to each of `n` established
 /// loopback connections, `rounds` times, timed by this thread's CPU clock (on loopback
 /// the write also runs the receiving side's TCP input). Readers drain between rounds,
