@@ -10,6 +10,7 @@ use herald::app::Node;
 use tokio::sync::oneshot;
 
 mod common;
+use common::pg::Postgres;
 use common::redis::Redis;
 use common::{http, Ws};
 
@@ -218,10 +219,27 @@ async fn bad_input_to_the_controls_is_refused_with_a_reason() {
     node.stop().await;
 }
 
+/// A node's configuration on `store` (empty: SQLite in `data`).
+fn config_on(data: &std::path::Path, store: &str) -> Config {
+    let mut c = config(data);
+    c.store.url = store.to_owned();
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_refused_at_connect_even_after_a_restart() {
+async fn a_revoked_token_is_refused_at_connect_even_after_a_restart_sqlite() {
+    revoked_token_refused_after_restart("").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_at_connect_even_after_a_restart_postgres() {
+    let pg = Postgres::start();
+    revoked_token_refused_after_restart(&pg.database("controls_revoke")).await
+}
+
+async fn revoked_token_refused_after_restart(store: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let node = run(config(dir.path())).await;
+    let node = run(config_on(dir.path(), store)).await;
     let a = node.addr;
     let old = token("u1", Some(now() - 60));
     let (mut phone, answer) = join(a, &old).await;
@@ -259,7 +277,7 @@ async fn a_revoked_token_is_refused_at_connect_even_after_a_restart() {
     node.stop().await;
 
     // Stored: a restarted node still refuses it.
-    let node = run(config(dir.path())).await;
+    let node = run(config_on(dir.path(), store)).await;
     let (_, answer) = join(node.addr, &old).await;
     assert!(
         answer.starts_with("44") && answer.contains("revoked"),
@@ -276,9 +294,19 @@ fn now_within(v: &serde_json::Value) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses() {
+async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses_sqlite() {
+    erase_removes_only_the_users_data("").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses_postgres() {
+    let pg = Postgres::start();
+    erase_removes_only_the_users_data(&pg.database("controls_erase")).await
+}
+
+async fn erase_removes_only_the_users_data(store: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let node = run(config(dir.path())).await;
+    let node = run(config_on(dir.path(), store)).await;
     let a = node.addr;
     for n in 0..3 {
         let body = format!(r#"{{"to":{{"users":["u1"]}},"event":"e","data":{n}}}"#);
@@ -342,7 +370,7 @@ async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses() 
     drop(phone.into_stream());
     node.stop().await;
     // The seq counter outlives the erase and a restart: no seq is handed out twice.
-    let node = run(config(dir.path())).await;
+    let node = run(config_on(dir.path(), store)).await;
     let (_, text) = api(node.addr, "POST", "/api/v1/push", FULL, body).await;
     assert_eq!(json(&text)["seqs"]["u1"], 6, "{text}");
     let (_, text) = api(node.addr, "GET", "/api/v1/users/u1/unread", FULL, "").await;
@@ -353,10 +381,12 @@ async fn erasing_a_user_removes_their_messages_and_positions_and_nobody_elses() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_is_disconnected_on_every_node_and_nodes_are_listed() {
     let redis = Redis::start();
+    let pg = Postgres::start();
+    let store = pg.database("controls_cluster");
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut nodes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let mut c = config(dir.path());
+        let mut c = config_on(dir.path(), &store);
         c.cluster.redis = redis.url();
         c.cluster.node_id = format!("n{i}");
         nodes.push(run(c).await);
@@ -396,6 +426,15 @@ async fn a_user_is_disconnected_on_every_node_and_nodes_are_listed() {
     // Node b refuses the old token too (it heard of the revocation).
     let (_, answer) = join(b, &token("u1", Some(now() - 60))).await;
     assert!(answer.contains("revoked"), "{answer}");
+    // A node started later reads it from the shared store.
+    let late_dir = tempfile::tempdir().unwrap();
+    let mut c = config_on(late_dir.path(), &store);
+    c.cluster.redis = redis.url();
+    c.cluster.node_id = "n2".into();
+    let late = run(c).await;
+    let (_, answer) = join(late.addr, &token("u1", Some(now() - 60))).await;
+    assert!(answer.contains("revoked"), "{answer}");
+    late.stop().await;
     for n in nodes {
         n.stop().await;
     }
