@@ -266,6 +266,9 @@ async fn the_admin_credential_is_required_when_set_and_metrics_are_off_the_publi
     let post = "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
     let (status, body) = http(herald.admin, post.as_bytes()).await;
     assert_eq!(status, 413, "{body}");
+    // ...and the listener goes on serving its scraper.
+    let bearer = get_with("/metrics", "Bearer an-admin-password-0123");
+    assert_eq!(http(herald.admin, &bearer).await.0, 200);
     // The public port serves no metrics, but still its probes.
     assert_eq!(http(herald.public, &common::get("/metrics")).await.0, 404);
     assert_eq!(http(herald.public, &common::get("/readyz")).await.0, 200);
@@ -304,6 +307,45 @@ async fn without_a_password_the_admin_listener_answers_only_for_localhost() {
     // Only a POST of the test push takes a body.
     let get = "GET /admin/api/push HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n";
     assert_eq!(http(herald.admin, get.as_bytes()).await.0, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_admin_connection() {
+    let herald = start(&[], Stdio::null());
+    // 16 idle connections from 127.0.0.1 hold every place that address gets.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(herald.admin).await.unwrap());
+    }
+    // The 17th from that address is refused at once...
+    let (status, _) = http(herald.admin, &get_with("/admin/api/stats", "none")).await;
+    assert_eq!(status, 429);
+    // ...while a scraper on another address is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(herald.admin).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    other
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A place given back is taken again.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while http(herald.admin, &get_with("/admin/api/stats", "none"))
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
