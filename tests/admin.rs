@@ -3,38 +3,18 @@
 //! credential is required off loopback and whenever set; `/metrics` is off the public
 //! port; JSON logs are one object per line.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::Stdio;
 
 mod common;
 use common::redis::Redis;
-use common::{http, Ws};
+use common::{http, Spawned, Ws};
 
 /// A running herald with its two listeners.
 struct Herald {
-    child: Child,
+    _run: Spawned,
     public: SocketAddr,
     admin: SocketAddr,
-    /// Kept open: herald writes to its stdout after the first lines.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn line_addr(out: &mut BufReader<ChildStdout>, prefix: &str) -> SocketAddr {
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    line.trim()
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("expected `{prefix}…`, got {line:?}"))
-        .parse()
-        .unwrap()
 }
 
 /// Starts herald with an admin listener on a free port, and `env`.
@@ -51,20 +31,17 @@ fn start(env: &[(&str, &str)], stderr: Stdio) -> Herald {
     .arg(dir.join("data"))
     .env("HERALD_LOG", "warn")
     .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0")
-    .stdout(Stdio::piped())
     .stderr(stderr);
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let public = line_addr(&mut out, "listening on ");
-    let admin = line_addr(&mut out, "admin listener on ");
+    let mut run = Spawned::new(c);
+    let public = run.line_addr("listening on ");
+    let admin = run.line_addr("admin listener on ");
     Herald {
-        child,
+        _run: run,
         public,
         admin,
-        _stdout: out,
     }
 }
 
@@ -409,11 +386,9 @@ async fn json_logs_are_one_object_per_line() {
         .env("HERALD_LOG_FORMAT", "json")
         .env("HERALD_AUTH_JWT_SECRET", "a-test-secret-of-32-bytes-000000")
         .env("HERALD_API_KEYS", "full-key-0123456789abcdef")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let public = line_addr(&mut out, "listening on ");
+    let mut run = Spawned::new(c);
+    let public = run.line_addr("listening on ");
     // A refused client and a refused API call log lines of their own.
     let mut ws = Ws::connect(public, "EIO=4&transport=websocket").await;
     assert!(ws.text().await.starts_with("0{"));
@@ -422,11 +397,11 @@ async fn json_logs_are_one_object_per_line() {
     let (status, _) = http(public, &get_with("/api/v1/nodes", "Bearer wrong")).await;
     assert_eq!(status, 401);
     // Logged before the answers were sent; stop and read everything.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
     let mut err = String::new();
     use std::io::Read as _;
-    child
+    run.child
         .stderr
         .take()
         .unwrap()

@@ -3,59 +3,36 @@
 //! (never a Socket.IO DISCONNECT, which would stop them reconnecting) spread over
 //! `shutdown.drain_secs`, and exits 0. A second signal exits at once.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{http, Frame, Ws};
+use common::{http, Frame, Spawned, Ws};
 
 struct Herald {
-    child: Child,
+    run: Spawned,
     addr: SocketAddr,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(grace: &str, drain: &str) -> Herald {
     let dir = tempfile::tempdir().unwrap().keep();
-    let mut child = common::herald_cmd()
-        .args([
-            "serve",
-            "--dev-auth",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .env("HERALD_LOG", "warn")
-        .env("HERALD_SHUTDOWN_GRACE_SECS", grace)
-        .env("HERALD_SHUTDOWN_DRAIN_SECS", drain)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
-    Herald {
-        child,
-        addr,
-        _stdout: out,
-    }
+    let mut c = common::herald_cmd();
+    c.args([
+        "serve",
+        "--dev-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .env("HERALD_LOG", "warn")
+    .env("HERALD_SHUTDOWN_GRACE_SECS", grace)
+    .env("HERALD_SHUTDOWN_DRAIN_SECS", drain)
+    .stderr(Stdio::null());
+    let mut run = Spawned::new(c);
+    let addr = run.line_addr("listening on ");
+    Herald { run, addr }
 }
 
 fn signal(child: &Child, name: &str) {
@@ -110,7 +87,7 @@ async fn sigterm_drains_gradually_and_exits_0() {
         clients.push(Ws::device(h.addr, &format!(r#"{{"userId":"u{i}"}}"#)).await);
     }
     let t0 = Instant::now();
-    signal(&h.child, "TERM");
+    signal(&h.run.child, "TERM");
     // Not ready at once, so the load balancer stops sending new clients.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -153,7 +130,7 @@ async fn sigterm_drains_gradually_and_exits_0() {
         last - first >= Duration::from_millis(1000),
         "closes not spread over the drain: {first:?} to {last:?}"
     );
-    let status = exited(&mut h.child, Duration::from_secs(10));
+    let status = exited(&mut h.run.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status:?}");
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(h.addr).await.is_err());
@@ -163,15 +140,15 @@ async fn sigterm_drains_gradually_and_exits_0() {
 async fn a_second_signal_exits_at_once() {
     let mut h = start("30", "30");
     let _client = Ws::device(h.addr, r#"{"userId":"u"}"#).await;
-    signal(&h.child, "TERM");
+    signal(&h.run.child, "TERM");
     let deadline = Instant::now() + Duration::from_secs(2);
     while http(h.addr, &common::get("/readyz")).await.0 != 503 {
         assert!(Instant::now() < deadline, "not draining");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let t = Instant::now();
-    signal(&h.child, "INT");
-    let status = exited(&mut h.child, Duration::from_secs(3));
+    signal(&h.run.child, "INT");
+    let status = exited(&mut h.run.child, Duration::from_secs(3));
     assert_eq!(status.code(), Some(1), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
 }

@@ -155,8 +155,6 @@ struct Shared {
     subscriber: Mutex<Option<Subscriber>>,
     /// Redis reachable and this node's subscriptions in place.
     up: AtomicBool,
-    /// Connections held here (the sum of `held`), for this node's entry in the nodes list.
-    connections: std::sync::atomic::AtomicU64,
     /// Unix ms at which this node started.
     started_at: u64,
     metrics: ClusterMetrics,
@@ -288,7 +286,6 @@ impl RedisBroker {
             commands: Mutex::new(None),
             subscriber: Mutex::new(None),
             up: AtomicBool::new(false),
-            connections: 0.into(),
             started_at: crate::vocab::now_ms(),
             metrics: ClusterMetrics::default(),
         });
@@ -442,11 +439,15 @@ impl RedisBroker {
 
     /// This node as the others see it in the nodes list (the value of its liveness key).
     fn info(&self) -> Vec<u8> {
-        let held = self.0.held.lock().len() as u64;
+        // Summed from `held` every third of the TTL, rather than kept on every join.
+        let (users, connections) = {
+            let held = self.0.held.lock();
+            (held.len() as u64, held.values().sum::<usize>() as u64)
+        };
         serde_json::to_vec(&NodeInfo {
             id: self.0.node.clone(),
-            connections: self.0.connections.load(Ordering::Relaxed),
-            users: held,
+            connections,
+            users,
             version: env!("CARGO_PKG_VERSION").into(),
             started_at: self.0.started_at,
             updated_at: crate::vocab::now_ms(),
@@ -641,14 +642,11 @@ impl Broker for RedisBroker {
     fn hold(&self, user: &str, connections: usize) {
         {
             let mut held = self.0.held.lock();
-            let before = if connections == 0 {
-                held.remove(user)
+            if connections == 0 {
+                held.remove(user);
             } else {
-                held.insert(user.to_owned(), connections)
-            };
-            let total = &self.0.connections;
-            total.fetch_add(connections as u64, Ordering::Relaxed);
-            total.fetch_sub(before.unwrap_or(0) as u64, Ordering::Relaxed);
+                held.insert(user.to_owned(), connections);
+            }
         }
         if connections <= 1 {
             let sub = self.0.subscriber.lock();

@@ -308,18 +308,23 @@ impl EngineInner {
     /// `[v3, v4]`. Walks the registry (for a scrape, never per event).
     fn census(&self) -> [[u64; 2]; 2] {
         let mut n = [[0u64; 2]; 2];
-        for shard in self.shards.iter() {
-            let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
-            for s in sessions {
-                let t = match s.transport() {
-                    Some("polling") => 0,
-                    Some(_) => 1,
-                    None => continue,
-                };
-                n[t][usize::from(s.eio() == Eio::V4)] += 1;
-            }
+        for s in self.all_sessions() {
+            let t = match s.transport() {
+                Some("polling") => 0,
+                Some(_) => 1,
+                None => continue,
+            };
+            n[t][usize::from(s.eio() == Eio::V4)] += 1;
         }
         n
+    }
+
+    /// Every registered session, taken shard by shard (each lock held only to clone).
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -410,12 +415,7 @@ impl Engine {
     /// transport close after its queue is flushed, never a Socket.IO DISCONNECT, which
     /// would stop a client from reconnecting.
     pub async fn close_gradually(&self, over: std::time::Duration) {
-        let all: Vec<Arc<Session>> = self
-            .inner
-            .shards
-            .iter()
-            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
-            .collect();
+        let all = self.inner.all_sessions();
         // At most 100 steps: one every `over / 100`.
         let steps = all.len().clamp(1, 100);
         let per_step = all.len().div_ceil(steps).max(1);
@@ -437,13 +437,7 @@ impl Engine {
 
     /// Closes every session (used on shutdown).
     pub fn close_all(&self) {
-        let all: Vec<Arc<Session>> = self
-            .inner
-            .shards
-            .iter()
-            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
-            .collect();
-        for s in all {
+        for s in self.inner.all_sessions() {
             s.disconnect();
         }
     }

@@ -284,3 +284,38 @@ pub fn herald_cmd() -> std::process::Command {
     c.env("HERALD_ADMIN_LISTEN", "");
     c
 }
+
+/// A `herald` child process, killed when dropped. Its stdout stays open, read a line at
+/// a time: herald writes there after its first line (`admin listener on …`).
+pub struct Spawned {
+    pub child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with its stdout piped.
+    pub fn new(mut cmd: std::process::Command) -> Spawned {
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Spawned { child, stdout }
+    }
+
+    /// The address on the next line of stdout, which must start with `prefix`.
+    pub fn line_addr(&mut self, prefix: &str) -> SocketAddr {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected `{prefix}…`, got {line:?}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
